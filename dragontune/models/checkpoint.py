@@ -1,0 +1,173 @@
+"""Model checkpoints (safetensors + JSON metadata) and the text-to-audio model bundle.
+
+A model checkpoint is one safetensors file holding the network weights under ``net.*`` and, in its
+metadata, everything needed to rebuild the model: the DiT config, the codec config (including the latent
+scale fitted on the corpus), the text encoder spec and id, and the latent length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dragontune.errors import CheckpointError
+from dragontune.models.dit import DiT, DiTConfig
+from dragontune.models.edm import EDMDenoiser
+from dragontune.utils import load_safetensors, save_safetensors_atomic
+
+FORMAT = "dragontune-t2a-1"
+PACKAGE_BASELINE = Path(__file__).resolve().parent.parent / "assets" / "baseline.safetensors"
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    model: DiTConfig
+    codec: dict
+    text_encoder: str = "minilm"
+    text_encoder_id: str = ""
+    latent_frames: int = 250
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            "format": FORMAT,
+            "model": json.dumps(dataclasses.asdict(self.model), sort_keys=True),
+            "codec": json.dumps(self.codec, sort_keys=True),
+            "text_encoder": self.text_encoder,
+            "text_encoder_id": self.text_encoder_id,
+            "latent_frames": str(self.latent_frames),
+            "extra": json.dumps(self.extra, sort_keys=True, default=str),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: str) -> "ModelSpec":
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{path!r} is not a dragontune model checkpoint (metadata format={meta.get('format')!r}, "
+                f"expected {FORMAT!r}); pass a file written by `dragontune pretrain` or `dragontune finetune`"
+            )
+        try:
+            return cls(
+                model=DiTConfig(**json.loads(meta["model"])),
+                codec=json.loads(meta["codec"]),
+                text_encoder=meta["text_encoder"],
+                text_encoder_id=meta.get("text_encoder_id", ""),
+                latent_frames=int(meta["latent_frames"]),
+                extra=json.loads(meta.get("extra", "{}")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path!r} has malformed metadata ({e}); it cannot be loaded") from None
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module`` requiring identical keys and shapes; otherwise list the differences."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shape:
+        def fmt(keys, extra=None):
+            shown = keys[:12]
+            s = ", ".join((f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" if extra else k) for k in shown)
+            return s + (f" (+{len(keys) - 12} more)" if len(keys) > 12 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {fmt(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {fmt(unexpected)}")
+        if shape:
+            parts.append(f"shape mismatch (checkpoint vs model): {fmt(shape, True)}")
+        raise CheckpointError(
+            f"checkpoint {source!r} does not match this model architecture; " + "; ".join(parts)
+            + ". Use the config the checkpoint was trained with (its metadata holds it) or another checkpoint."
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def save_model(path: str | os.PathLike, net: nn.Module, spec: ModelSpec, dtype: torch.dtype | None = None) -> None:
+    tensors = {f"net.{k}": (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+               for k, v in net.state_dict().items()}
+    save_safetensors_atomic(tensors, path, spec.to_metadata())
+
+
+def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelSpec]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(
+            f"model checkpoint {str(p)!r} does not exist; train one with `dragontune pretrain configs/baseline.yaml` "
+            f"or use the committed baseline ({PACKAGE_BASELINE})"
+        )
+    try:
+        tensors, meta = load_safetensors(p)
+    except Exception as e:
+        raise CheckpointError(f"model checkpoint {str(p)!r} could not be read ({e}); it is corrupt or not safetensors") from None
+    spec = ModelSpec.from_metadata(meta, str(p))
+    state = {k[4:]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("net.")}
+    return state, spec
+
+
+def build_net(spec: ModelSpec, state: dict[str, torch.Tensor] | None = None, source: str = "") -> DiT:
+    net = DiT(spec.model)
+    if state is not None:
+        load_state_strict(net, state, source)
+    return net
+
+
+class T2AModel:
+    """A text-to-audio diffusion model: network + EDM denoiser + codec + text encoder.
+
+    ``cond(prompts)`` returns the conditioning dict for the denoiser; ``null_cond(cond)`` the matching
+    unconditional one (all text masked: only the learned null token is visible).
+    """
+
+    def __init__(self, net: DiT, spec: ModelSpec, codec=None, text_encoder=None, device="cpu"):
+        from dragontune.codecs import codec_from_config
+        from dragontune.text import build_text_encoder
+
+        self.spec = spec
+        self.device = torch.device(device)
+        self.net = net.to(self.device)
+        self.denoiser = EDMDenoiser(self.net)
+        self.codec = codec if codec is not None else codec_from_config(spec.codec)
+        self.text_encoder = text_encoder if text_encoder is not None else build_text_encoder(spec.text_encoder)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return (self.spec.model.latent_channels, self.spec.latent_frames)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    def cond(self, prompts) -> dict[str, torch.Tensor]:
+        hidden, mask = self.text_encoder.encode(list(prompts))
+        return {"text": hidden.to(self.device), "text_mask": mask.to(self.device)}
+
+    @staticmethod
+    def null_cond(cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"text": torch.zeros_like(cond["text"]), "text_mask": torch.zeros_like(cond["text_mask"])}
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.codec.decode(latents.float())
+
+    def copy_frozen(self) -> "T2AModel":
+        """A frozen deep copy (eval mode, no grad) sharing codec and text encoder: the DRAGON reference."""
+        import copy
+
+        net = copy.deepcopy(self.net).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return T2AModel(net, self.spec, self.codec, self.text_encoder, self.device)
+
+
+def load_model(path: str | os.PathLike | None = None, device="cpu", text_encoder=None) -> T2AModel:
+    """Load a model checkpoint (default: the committed baseline shipped with the package)."""
+    path = Path(path) if path is not None else PACKAGE_BASELINE
+    state, spec = read_model_file(path)
+    net = build_net(spec, state, str(path))
+    return T2AModel(net, spec, text_encoder=text_encoder, device=device)

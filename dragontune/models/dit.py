@@ -1,0 +1,147 @@
+"""A DiT over latent frames, patched along time, with joint audio-text attention.
+
+- Noise level: ``c_noise = log(sigma) / 4`` -> sinusoidal embedding -> MLP -> adaptive layer norm
+  (adaLN-Zero: shift, scale and gate, zero-initialised) in every block.
+- Text: token embeddings from a frozen text encoder, projected to the model width. In every attention
+  layer the audio queries attend to the concatenation [audio keys; learned null key; text keys], with the
+  text padding mask. The learned null token is always visible, so a prompt whose mask is all False is the
+  unconditional (null) condition used for classifier-free guidance and for condition dropout.
+- Optionally (``pooled_text``) the masked mean of the projected text is added to the adaLN conditioning
+  vector, with a learned null vector when the prompt is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass
+class DiTConfig:
+    latent_channels: int = 64
+    patch_size: int = 5
+    width: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 384
+    pooled_text: bool = True
+    noise_freqs: int = 128
+
+
+def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of a float tensor ``x[...]`` -> ``[..., dim]`` (cos, sin halves)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    args = x.float()[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d, h = cfg.width, cfg.heads
+        if d % h:
+            raise ValueError(f"model width {d} must be divisible by heads {h}")
+        self.heads = h
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.text_kv = nn.Linear(d, 2 * d)
+        self.q_norm = RMSNorm(d // h)
+        self.k_norm = RMSNorm(d // h)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        hidden = int(d * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        self.ada = nn.Linear(d, 6 * d)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        h = self.heads
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(c))[:, None].chunk(6, dim=-1)
+        y = self.norm1(x) * (1 + sc1) + sh1
+        q, k, v = self.qkv(y).view(B, N, 3, h, D // h).unbind(2)
+        tk, tv = self.text_kv(text).view(B, text.shape[1], 2, h, D // h).unbind(2)
+        k = torch.cat([k, tk], dim=1)
+        v = torch.cat([v, tv], dim=1)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, h, tokens, dh]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        a = a.transpose(1, 2).reshape(B, N, D)
+        x = x + g1 * self.proj(a)
+        y = self.norm2(x) * (1 + sc2) + sh2
+        return x + g2 * self.mlp(y)
+
+
+class DiT(nn.Module):
+    """``forward(x[B, C, F], c_noise[B], text[B, L, text_dim], text_mask[B, L]) -> [B, C, F]``."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, p, C = cfg.width, cfg.patch_size, cfg.latent_channels
+        self.patch_in = nn.Linear(C * p, d)
+        self.noise_mlp = nn.Sequential(nn.Linear(cfg.noise_freqs, d), nn.SiLU(), nn.Linear(d, d))
+        self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, d))
+        self.null_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        if cfg.pooled_text:
+            self.pool_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+            self.null_pooled = nn.Parameter(torch.zeros(1, d))
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(d, 2 * d)
+        self.patch_out = nn.Linear(d, C * p)
+        for m in (self.ada_out, self.patch_out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(
+        self, x: torch.Tensor, c_noise: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        B, C, Fr = x.shape
+        p = self.cfg.patch_size
+        if C != self.cfg.latent_channels:
+            raise ValueError(f"latent has {C} channels, model expects {self.cfg.latent_channels}")
+        if Fr % p:
+            raise ValueError(f"latent length {Fr} frames is not a multiple of the patch size {p}")
+        n = Fr // p
+        tokens = x.view(B, C, n, p).permute(0, 2, 1, 3).reshape(B, n, C * p)
+        h = self.patch_in(tokens)
+        pos = sinusoidal(torch.arange(n, device=x.device, dtype=torch.float32), h.shape[-1])
+        h = h + pos.to(h.dtype)
+        c = self.noise_mlp(sinusoidal(c_noise, self.cfg.noise_freqs).to(h.dtype))
+        t = self.text_in(text.to(h.dtype))
+        mask = text_mask.bool()
+        if self.cfg.pooled_text:
+            w = mask.to(t.dtype)[..., None]
+            cnt = w.sum(1)
+            pooled = (t * w).sum(1) / cnt.clamp_min(1)
+            has = (cnt > 0).to(t.dtype)
+            pooled = has * pooled + (1 - has) * self.null_pooled.to(t.dtype)
+            c = c + self.pool_mlp(pooled)
+        t = torch.cat([self.null_token.to(t.dtype).expand(B, 1, -1), t], dim=1)
+        key_mask = torch.cat(
+            [torch.ones(B, n + 1, dtype=torch.bool, device=x.device), mask], dim=1
+        )
+        for blk in self.blocks:
+            h = blk(h, c, t, key_mask)
+        sh, sc = self.ada_out(F.silu(c))[:, None].chunk(2, dim=-1)
+        h = self.norm_out(h) * (1 + sc) + sh
+        out = self.patch_out(h).view(B, n, C, p).permute(0, 2, 1, 3).reshape(B, C, Fr)
+        return out

@@ -1,0 +1,390 @@
+"""Pre-training of the text-to-audio DiT on a captioned corpus (EDM loss).
+
+One linear loop, every knob a documented config field. Exact resume on CPU: model, optimizer, EMA,
+data order (epoch permutations derived from the seed) and the training RNG state are checkpointed, so a
+resumed run ends with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from dragontune.config import dump_yaml, to_dict
+from dragontune.errors import CheckpointError, ConfigError
+from dragontune.models.checkpoint import ModelSpec, load_state_strict, save_model
+from dragontune.models.dit import DiT, DiTConfig
+from dragontune.models.edm import EDMDenoiser, P_MEAN, P_STD, count_params, denoising_loss, sample_sigma
+from dragontune.utils import (
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+    load_safetensors,
+    log,
+    resolve_device,
+    save_safetensors_atomic,
+)
+
+
+@dataclasses.dataclass
+class CodecConfig:
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 64
+    griffin_lim_iters: int = 32
+
+
+@dataclasses.dataclass
+class DataConfig:
+    corpus: str = "data/corpus"       # folder with audio/ + metadata.jsonl (synthesised if missing)
+    synth_n: int = 2000               # clips to synthesise when the corpus folder is missing
+    synth_seed: int = 0
+    duration: float = 4.0             # seconds per clip (crop / pad)
+    train_split: str = "train"
+    val_split: str = "val"
+    filter: str = ""                  # optional metadata filter, e.g. "quality=clean"
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0            # max global grad norm (0 = off)
+    warmup_steps: int = 100           # linear lr warm-up
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    out_dir: str = "runs/pretrain"
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    precision: str = "auto"           # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    threads: int = 0                  # torch CPU threads (0 = leave default)
+    steps: int = 2000
+    batch_size: int = 32
+    cond_dropout: float = 0.1         # share of training samples with the prompt replaced by the null condition
+    p_mean: float = P_MEAN
+    p_std: float = P_STD
+    ema_halflife_steps: float = 200.0
+    text_encoder: str = "minilm"
+    log_every: int = 50
+    val_every: int = 500
+    val_samples: int = 64
+    sample_every: int = 0             # 0 = only at the end
+    sample_prompts: list[str] = dataclasses.field(default_factory=lambda: [
+        "a slow calm piano melody in C major",
+        "fast energetic drum kit groove at 160 BPM",
+    ])
+    sample_steps: int = 25
+    sample_cfg: float = 3.0
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    model: DiTConfig = dataclasses.field(default_factory=DiTConfig)
+    codec: CodecConfig = dataclasses.field(default_factory=CodecConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data preparation
+
+
+def ensure_corpus(data: DataConfig) -> Path:
+    root = Path(data.corpus)
+    if not (root / "metadata.jsonl").is_file() and not any(
+        (root / n).is_file() for n in ("captions.jsonl", "captions.csv")
+    ):
+        from dragontune.data.synth import synth_corpus
+
+        log.info("corpus %s missing: synthesising %d clips (seed %d)", root, data.synth_n, data.synth_seed)
+        synth_corpus(root, n=data.synth_n, seed=data.synth_seed)
+    return root
+
+
+def load_split(data: DataConfig, split: str, sample_rate: int):
+    from dragontune.data.dataset import AudioCaptionDataset
+
+    ds = AudioCaptionDataset(ensure_corpus(data), sample_rate=sample_rate, duration=data.duration, split=split,
+                             filter=data.filter or None)
+    if len(ds) == 0:
+        raise ConfigError(f"corpus {data.corpus!r} has no clips in split {split!r} (filter {data.filter!r})")
+    return ds.load_all()
+
+
+@torch.no_grad()
+def encode_latents(codec, audio: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    return torch.cat([codec.encode(audio[i:i + chunk]) for i in range(0, audio.shape[0], chunk)])
+
+
+class TextTable:
+    """Frozen text-encoder outputs for a fixed list of captions, gathered and padded per batch."""
+
+    def __init__(self, text_encoder, captions: list[str], chunk: int = 64):
+        self.index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        uniq = list(self.index)
+        self.rows: list[torch.Tensor] = []
+        for i in range(0, len(uniq), chunk):
+            h, m = text_encoder.encode(uniq[i:i + chunk])
+            for j in range(h.shape[0]):
+                self.rows.append(h[j, : int(m[j].sum())].float().cpu())
+        self.caption_ids = torch.tensor([self.index[c] for c in captions])
+
+    def batch(self, clip_idx: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        rows = [self.rows[int(self.caption_ids[i])] for i in clip_idx]
+        L = max(r.shape[0] for r in rows)
+        text = torch.zeros(len(rows), L, rows[0].shape[1])
+        mask = torch.zeros(len(rows), L, dtype=torch.bool)
+        for j, r in enumerate(rows):
+            text[j, : r.shape[0]] = r
+            mask[j, : r.shape[0]] = True
+        return {"text": text.to(device), "text_mask": mask.to(device)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoint state
+
+
+def _state_paths(out: Path, step: int) -> tuple[Path, Path]:
+    d = out / "checkpoints"
+    return d / f"step-{step:07d}.safetensors", d / f"step-{step:07d}.state.safetensors"
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_training_state(out: Path, step: int, epoch: int, pos: int, net, ema, opt, gen: torch.Generator,
+                        spec: ModelSpec, keep: int, extra: dict | None = None) -> Path:
+    model_path, state_path = _state_paths(out, step)
+    save_model(model_path, ema, spec)  # EMA weights: the model to use
+    tensors, ometa = _flatten_optimizer(opt)
+    tensors.update({f"net.{k}": v for k, v in net.state_dict().items()})
+    tensors["rng.train"] = gen.get_state()
+    meta = {"step": step, "epoch": epoch, "pos": pos, "optim": ometa, "extra": extra or {}}
+    save_safetensors_atomic(tensors, state_path, {"state": json.dumps(meta, default=str)})
+    atomic_write_json(out / "checkpoints" / "latest.json",
+                      {"step": step, "model": model_path.name, "state": state_path.name})
+    ckpts = sorted((out / "checkpoints").glob("step-*.state.safetensors"))
+    for old in ckpts[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+        Path(str(old).replace(".state.safetensors", ".safetensors")).unlink(missing_ok=True)
+    return model_path
+
+
+def load_training_state(out: Path):
+    latest = out / "checkpoints" / "latest.json"
+    if not latest.is_file():
+        raise CheckpointError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r} (latest.json missing); "
+                              "start without --resume")
+    info = json.loads(latest.read_text())
+    d = out / "checkpoints"
+    ema_t, _ = load_safetensors(d / info["model"])
+    tensors, meta = load_safetensors(d / info["state"])
+    return ema_t, tensors, json.loads(meta["state"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
+    """Pre-train a text-to-audio DiT; returns the path of the final EMA model checkpoint."""
+    from tqdm.auto import tqdm
+
+    from dragontune.codecs import LogMelCodec, codec_from_config, fit_scale
+    from dragontune.text import build_text_encoder
+
+    out = ensure_writable_dir(cfg.out_dir)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    use_bf16 = (cfg.precision == "bf16") or (cfg.precision == "auto" and device.type == "cuda")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"precision={cfg.precision!r}; use auto, fp32 or bf16")
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+
+    # -- data, codec, text
+    sr = cfg.codec.sample_rate
+    audio, captions = load_split(cfg.data, cfg.data.train_split, sr)
+    resumed = None
+    if resume:
+        resumed = load_training_state(out)
+        spec_meta = load_safetensors(out / "checkpoints" / json.loads(
+            (out / "checkpoints" / "latest.json").read_text())["model"])[1]
+        codec = codec_from_config(json.loads(spec_meta["codec"]))
+    else:
+        codec = fit_scale(LogMelCodec(**dataclasses.asdict(cfg.codec)),
+                          (audio[i:i + 64] for i in range(0, audio.shape[0], 64)))
+    latents = encode_latents(codec, audio)
+    del audio
+    F = latents.shape[-1]
+    if F % cfg.model.patch_size:
+        raise ConfigError(f"latent length {F} frames (duration {cfg.data.duration}s) is not a multiple of "
+                          f"model.patch_size={cfg.model.patch_size}; change one of them")
+    if cfg.model.latent_channels != codec.latent_channels:
+        raise ConfigError(f"model.latent_channels={cfg.model.latent_channels} but the codec has "
+                          f"{codec.latent_channels} channels (codec.n_mels); make them equal")
+    text_encoder = build_text_encoder(cfg.text_encoder)
+    if cfg.model.text_dim != text_encoder.dim:
+        raise ConfigError(f"model.text_dim={cfg.model.text_dim} but text encoder {cfg.text_encoder!r} has "
+                          f"dim {text_encoder.dim}; make them equal")
+    table = TextTable(text_encoder, captions)
+    val = None
+    if cfg.val_every > 0 and cfg.val_samples > 0:
+        va, vc = load_split(cfg.data, cfg.data.val_split, sr)
+        n = min(cfg.val_samples, va.shape[0])
+        vg = torch.Generator().manual_seed(12345)
+        vsig = sample_sigma(n, vg, cfg.p_mean, cfg.p_std)
+        vl = encode_latents(codec, va[:n])
+        val = (vl, TextTable(text_encoder, vc[:n]), vsig, torch.randn(vl.shape, generator=vg))
+    spec = ModelSpec(model=cfg.model, codec=codec.config(), text_encoder=cfg.text_encoder,
+                     text_encoder_id=text_encoder.id, latent_frames=F,
+                     extra={"pretrain_config": to_dict(cfg)})
+
+    # -- model, EMA, optimizer, RNG
+    torch.manual_seed(cfg.seed)
+    net = DiT(cfg.model).to(device)
+    ema = copy.deepcopy(net).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                           weight_decay=cfg.optim.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, epoch, pos = 0, 0, 0
+    if resumed is not None:
+        ema_t, tensors, meta = resumed
+        load_state_strict(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, str(out))
+        load_state_strict(ema, {k[4:]: v for k, v in ema_t.items() if k.startswith("net.")}, str(out))
+        opt.load_state_dict(_unflatten_optimizer(tensors, meta["optim"]))
+        gen.set_state(tensors["rng.train"])
+        step, epoch, pos = meta["step"], meta["epoch"], meta["pos"]
+        log.info("resumed from step %d", step)
+    denoiser = EDMDenoiser(net)
+    N = latents.shape[0]
+    B = min(cfg.batch_size, N)
+    log.info("pretrain: %d clips, latent %s, %.2fM params, batch %d, %d steps, device %s%s",
+             N, tuple(latents.shape[1:]), count_params(net) / 1e6, B, cfg.steps, device,
+             " (bf16 autocast)" if use_bf16 else "")
+
+    def perm(ep: int) -> torch.Tensor:
+        return torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 100003 + ep))
+
+    metrics_f = open(out / "metrics.jsonl", "a")
+    order = perm(epoch)
+    t_last, losses = time.time(), []
+    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", dynamic_ncols=True, disable=None)
+    net.train()
+    while step < cfg.steps:
+        if pos + B > N:
+            epoch, pos = epoch + 1, 0
+            order = perm(epoch)
+        idx = order[pos:pos + B]
+        pos += B
+        x0 = latents[idx].to(device)
+        cond = table.batch(idx, device)
+        drop = torch.rand(B, generator=gen) < cfg.cond_dropout
+        cond["text_mask"] = cond["text_mask"] & ~drop.to(device)[:, None]
+        sigma = sample_sigma(B, gen, cfg.p_mean, cfg.p_std, device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        lr = cfg.optim.lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = denoising_loss(denoiser, x0, noise, sigma, cond).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0
+                                               else float("inf"))
+        opt.step()
+        step += 1
+        decay = min(0.5 ** (1.0 / max(cfg.ema_halflife_steps, 1e-8)), (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pn.detach(), 1 - decay)
+        losses.append(float(loss))
+        bar.update(1)
+        rec = None
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.time()
+            rec = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses), "grad_norm": float(gnorm),
+                   "lr": lr, "steps_per_s": len(losses) / max(now - t_last, 1e-9)}
+            t_last, losses = now, []
+        if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+            rec = rec or {"step": step}
+            rec["val_loss"] = validation_loss(EDMDenoiser(ema), val, device)
+        if rec is not None:
+            metrics_f.write(json.dumps(rec) + "\n")
+            metrics_f.flush()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "val_loss")})
+            log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "step"))
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save_training_state(out, step, epoch, pos, net, ema, opt, gen, spec, cfg.keep_checkpoints)
+        if cfg.sample_every > 0 and step % cfg.sample_every == 0 and step != cfg.steps:
+            write_samples(out / "samples" / f"step-{step:07d}", ema, spec, codec, text_encoder, cfg, device)
+    bar.close()
+    metrics_f.close()
+    final = out / "model.safetensors"
+    save_model(final, ema, spec)
+    write_samples(out / "samples" / "final", ema, spec, codec, text_encoder, cfg, device)
+    log.info("pretrain done: %s", final)
+    return final
+
+
+@torch.no_grad()
+def validation_loss(denoiser, val, device) -> float:
+    lat, table, sig, noise = val
+    tot = 0.0
+    for i in range(0, lat.shape[0], 32):
+        idx = torch.arange(i, min(i + 32, lat.shape[0]))
+        cond = table.batch(idx, device)
+        tot += float(denoising_loss(denoiser, lat[idx].to(device), noise[idx].to(device), sig[idx].to(device),
+                                    cond).sum())
+    return tot / lat.shape[0]
+
+
+def write_samples(folder: Path, net, spec, codec, text_encoder, cfg: PretrainConfig, device) -> None:
+    from dragontune.audio import save_wav
+    from dragontune.generate import SamplerConfig, generate_latents
+    from dragontune.models.checkpoint import T2AModel
+
+    was = net.training
+    net.eval()
+    model = T2AModel(net, spec, codec, text_encoder, device)
+    prompts = list(cfg.sample_prompts)
+    lat = generate_latents(model, prompts, list(range(len(prompts))),
+                           SamplerConfig(steps=cfg.sample_steps, cfg=cfg.sample_cfg), disable=True)
+    audio = model.decode(lat)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(prompts):
+        save_wav(folder / f"{i:02d}.wav", audio[i], codec.sample_rate)
+    atomic_write_json(folder / "prompts.json", prompts)
+    net.train(was)
