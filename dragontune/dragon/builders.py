@@ -486,6 +486,12 @@ def validate_combination(
             f"unknown builder option(s) {unknown} for builder={builder!r} loss={loss!r}; "
             f"valid options: {sorted(allowed) or 'none'}"
         )
+    for key in ("margin", "fraction", "size"):
+        v = opts.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ConfigError(f"builder option {key} must be a number, got {v!r}")
+    if "all_pairs" in opts and not isinstance(opts["all_pairs"], bool):
+        raise ConfigError(f"builder option all_pairs must be true or false, got {opts['all_pairs']!r}")
     if "margin" in opts and not float(opts["margin"]) >= 0:
         raise ConfigError(f"builder option margin must be >= 0, got {opts['margin']}")
     thr = opts.get("threshold", "prompt_median")
