@@ -183,16 +183,17 @@ def _progress_disabled(disable: bool | None) -> bool:
 def _start(x: Tensor, sigmas: Tensor, extra_args: Mapping[str, Any] | None):
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
         raise ConfigError("x must be a floating-point tensor with a batch dimension")
-    return _check_sigmas(sigmas, x), dict(extra_args or {})
+    sigmas = _check_sigmas(sigmas, x)
+    values = sigmas.detach().to(device="cpu", dtype=torch.float64).tolist()  # one sync, not one per step
+    infos = [StepInfo(i, len(values) - 1, values[i], values[i + 1]) for i in range(len(values) - 1)]
+    return sigmas, infos, dict(extra_args or {})
 
 
-def _step_info(sigmas: Tensor, i: int) -> StepInfo:
-    return StepInfo(i, sigmas.numel() - 1, float(sigmas[i]), float(sigmas[i + 1]))
-
-
-def _renoise_step(x: Tensor, d_hat: Tensor, r_hat: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+def _renoise_step(
+    x: Tensor, d_hat: Tensor, r_hat: Tensor, sigma: Tensor, sigma_next: Tensor, info: StepInfo
+) -> Tensor:
     """x_next = D̂ + (σ_next/σ)(x − D̂_r); exactly D̂ when σ_next = 0."""
-    if float(sigma_next) == 0.0:
+    if info.sigma_next == 0.0:
         return d_hat
     return d_hat + (sigma_next / sigma) * (x - r_hat)
 
@@ -217,12 +218,13 @@ def sample_euler(
     disable: bool | None = None,
 ) -> Tensor:
     """First-order Euler on the probability-flow ODE: x ← D + (σ_next/σ)(x − D)."""
-    sigmas, extra = _start(x, sigmas, extra_args)
-    for i in tqdm(range(sigmas.numel() - 1), disable=_progress_disabled(disable), desc="euler"):
+    sigmas, infos, extra = _start(x, sigmas, extra_args)
+    for i in tqdm(range(len(infos)), disable=_progress_disabled(disable), desc="euler"):
         s, s_next = sigmas[i], sigmas[i + 1]
-        p = _predict(denoiser, x, s, _step_info(sigmas, i), extra)
+        info = infos[i]
+        p = _predict(denoiser, x, s, info, extra)
         _emit(callback, i, x, s, s_next, p.denoised)
-        x = _renoise_step(x, p.denoised, p.renoise, s, s_next)
+        x = _renoise_step(x, p.denoised, p.renoise, s, s_next, info)
     return x
 
 
@@ -241,21 +243,21 @@ def sample_heun(
     D̂ + (σ'/σ)(x − D̂) with D̂ = D + a(D' − D), a = σ/(2σ'); guidance wrappers mix their
     re-noising estimates with the same weights.
     """
-    sigmas, extra = _start(x, sigmas, extra_args)
-    for i in tqdm(range(sigmas.numel() - 1), disable=_progress_disabled(disable), desc="heun"):
+    sigmas, infos, extra = _start(x, sigmas, extra_args)
+    for i in tqdm(range(len(infos)), disable=_progress_disabled(disable), desc="heun"):
         s, s_next = sigmas[i], sigmas[i + 1]
-        info = _step_info(sigmas, i)
+        info = infos[i]
         p = _predict(denoiser, x, s, info, extra)
         _emit(callback, i, x, s, s_next, p.denoised)
-        x_pred = _renoise_step(x, p.denoised, p.renoise, s, s_next)
-        if float(s_next) == 0.0:
+        x_pred = _renoise_step(x, p.denoised, p.renoise, s, s_next, info)
+        if info.sigma_next == 0.0:
             x = x_pred
             continue
         q = _predict(denoiser, x_pred, s_next, info, extra)
         a = s / (2.0 * s_next)
         d_hat = p.denoised + a * (q.denoised - p.denoised)
         r_hat = p.renoise + a * (q.renoise - p.renoise)
-        x = _renoise_step(x, d_hat, r_hat, s, s_next)
+        x = _renoise_step(x, d_hat, r_hat, s, s_next, info)
     return x
 
 
@@ -274,24 +276,25 @@ def sample_dpmpp_2m(
     First order (D̂ = D) on the first step, on the final step to σ = 0 (which returns D) and whenever
     the guidance estimator changes.
     """
-    sigmas, extra = _start(x, sigmas, extra_args)
+    sigmas, infos, extra = _start(x, sigmas, extra_args)
     prev: Prediction | None = None
-    h_prev: Tensor | None = None
-    for i in tqdm(range(sigmas.numel() - 1), disable=_progress_disabled(disable), desc="dpmpp_2m"):
+    h_prev: float | None = None
+    for i in tqdm(range(len(infos)), disable=_progress_disabled(disable), desc="dpmpp_2m"):
         s, s_next = sigmas[i], sigmas[i + 1]
-        p = _predict(denoiser, x, s, _step_info(sigmas, i), extra)
+        info = infos[i]
+        p = _predict(denoiser, x, s, info, extra)
         _emit(callback, i, x, s, s_next, p.denoised)
-        if float(s_next) == 0.0:
+        if info.sigma_next == 0.0:
             x = p.denoised
             break
-        h = torch.log(s / s_next)
+        h = math.log(info.sigma / info.sigma_next)
         if prev is None or h_prev is None or prev.estimator != p.estimator:
             d_hat, r_hat = p.denoised, p.renoise
         else:
             c = h / (2.0 * h_prev)  # 1/(2r)
             d_hat = p.denoised + c * (p.denoised - prev.denoised)
             r_hat = p.renoise + c * (p.renoise - prev.renoise)
-        x = _renoise_step(x, d_hat, r_hat, s, s_next)
+        x = _renoise_step(x, d_hat, r_hat, s, s_next, info)
         prev, h_prev = p, h
     return x
 

@@ -331,8 +331,8 @@ def test_cfgpp_euler_step_hand_formula():
 def test_cfgpp_dpmpp_2m_two_steps_hand_formula():
     lam, (s0, s1, s2) = 0.8, (7.0, 2.5, 0.9)
     x0 = gauss_start(B) / SIGMA_MAX * s0
-    out = sample_dpmpp_2m(CFGPPDenoiser(Recorder(), COND, UNCOND, lam), x0, torch.tensor([s0, s1, s2], dtype=torch.float64),
-                          disable=True)
+    sig = torch.tensor([s0, s1, s2], dtype=torch.float64)
+    out = sample_dpmpp_2m(CFGPPDenoiser(Recorder(), COND, UNCOND, lam), x0, sig, disable=True)
     full = lambda v: torch.full((B,), v, dtype=torch.float64)  # noqa: E731
     c0, u0 = _branches(x0, full(s0))
     x1 = (u0 + lam * (c0 - u0)) + (s1 / s0) * (x0 - u0)
