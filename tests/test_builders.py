@@ -322,3 +322,26 @@ def test_validate_option_types():
     with pytest.raises(ConfigError, match="size"):
         validate_combination("dist_to_dist", "greedy", "kto", 2, {"size": 0})
     validate_combination("dist_to_dist", "greedy", "kto", 2, {"size": None})
+
+
+def test_invariants_on_random_batches():
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        k = int(torch.randint(1, 6, (1,), generator=gen))
+        p = int(torch.randint(1, 6, (1,), generator=gen))
+        g = torch.arange(p).repeat_interleave(k)
+        s = torch.randint(0, 4, (p * k,), generator=gen).double()  # small range: many ties
+        s[torch.rand(p * k, generator=gen) < 0.2] = NAN
+        for all_pairs in (False, True):
+            d = paired(s, g, all_pairs=all_pairs)
+            for w, l in d.pairs.tolist():
+                assert g[w] == g[l] and s[w] > s[l]
+            assert d.n_dropped_nan == int(torch.isnan(s).sum())
+        for thr in ("prompt_median", "batch_median", "fraction"):
+            lab = unpaired(s, g, threshold=thr).labels
+            assert (lab[torch.isnan(s)] == 0).all()
+            scope = [g == q for q in range(p)] if thr == "prompt_median" else [torch.ones_like(g, dtype=torch.bool)]
+            for m in scope:
+                pos, neg = s[m & (lab > 0)], s[m & (lab < 0)]
+                if pos.numel() and neg.numel():
+                    assert pos.min() > neg.max()

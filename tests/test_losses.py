@@ -221,6 +221,27 @@ def _kto_worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
+def test_kto_reference_point_reduces_sum_and_count(monkeypatch):
+    # Fast in-process check: pretend another rank holds 3 samples with g = 0.1 each (sum 0.3, count 3).
+    import torch.distributed as dist
+
+    calls = []
+
+    def fake_all_reduce(buf, op=None):
+        calls.append(buf.clone())
+        buf += torch.tensor([0.3, 3.0], dtype=buf.dtype)
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    _, st = diffusion_kto_loss(t(0.1), t(1.0), torch.tensor([True]), beta=1.0)  # local g = 0.9
+    assert calls and calls[0].tolist() == pytest.approx([0.9, 1.0])
+    assert st["z"] == pytest.approx((0.9 + 0.3) / 4)  # not (0.9 + 0.1) / 2
+    _, st = diffusion_kto_loss(t(0.1), t(1.0), torch.tensor([True]), beta=1.0, reduce_reference=False)
+    assert st["z"] == pytest.approx(0.9) and len(calls) == 1
+
+
+@pytest.mark.slow
 def test_kto_reference_point_global_mean_across_processes():
     import torch.multiprocessing as mp
 
