@@ -1,0 +1,143 @@
+import math
+
+import pytest
+import torch
+
+from dragontune.errors import CheckpointError
+from dragontune.models.checkpoint import ModelSpec, build_net, load_state_strict, read_model_file, save_model
+from dragontune.models.dit import DiT, DiTConfig
+from dragontune.models.edm import (
+    EDMDenoiser,
+    denoising_loss,
+    loss_weight,
+    precondition,
+    sample_sigma,
+)
+
+TINY = DiTConfig(latent_channels=8, patch_size=2, width=32, depth=2, heads=2, text_dim=16, noise_freqs=16)
+
+
+def cond(B, L=5, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, 3:] = False
+    return {"text": torch.randn(B, L, dim, generator=g), "text_mask": mask}
+
+
+def test_edm_preconditioning_identities():
+    sd = 0.5
+    s = torch.logspace(-3, 2, 50, dtype=torch.float64)
+    c_skip, c_out, c_in, c_noise = precondition(s, sd)
+    # c_in normalises the input variance: Var(c_in (x0 + s n)) = 1 for Var(x0) = sd^2
+    torch.testing.assert_close(c_in**2 * (sd**2 + s**2), torch.ones_like(s))
+    # the effective training target has unit variance: Var((x0 - c_skip x)/c_out) = 1
+    var_target = ((1 - c_skip) ** 2 * sd**2 + c_skip**2 * s**2) / c_out**2
+    torch.testing.assert_close(var_target, torch.ones_like(s))
+    # c_skip^2 sd^2 + c_out^2 ... : c_skip + c_out^2/sd^2 = 1 (EDM eq. identities)
+    torch.testing.assert_close(c_skip + c_out**2 / sd**2, torch.ones_like(s))
+    torch.testing.assert_close(c_noise, torch.log(s) / 4)
+    # loss weight = 1 / c_out^2
+    torch.testing.assert_close(loss_weight(s, sd), 1 / c_out**2)
+
+
+def test_sigma_distribution_lognormal():
+    g = torch.Generator().manual_seed(0)
+    s = sample_sigma(200_000, g, p_mean=0.4, p_std=1.0)
+    ls = s.log()
+    assert abs(float(ls.mean()) - 0.4) < 0.01
+    assert abs(float(ls.std()) - 1.0) < 0.01
+    # reproducible from the generator
+    s2 = sample_sigma(200_000, torch.Generator().manual_seed(0), p_mean=0.4, p_std=1.0)
+    assert torch.equal(s, s2)
+
+
+def test_denoiser_float64_in_out_and_zero_init_is_skip():
+    net = DiT(TINY)
+    D = EDMDenoiser(net)
+    x = torch.randn(3, 8, 12, dtype=torch.float64)
+    s = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
+    out = D(x, s, **cond(3))
+    assert out.dtype == torch.float64
+    # zero-initialised output layer: F = 0, so D = c_skip x exactly
+    c_skip = precondition(s)[0].view(-1, 1, 1)
+    torch.testing.assert_close(out, c_skip * x)
+
+
+def test_text_mask_and_null_condition():
+    torch.manual_seed(0)
+    net = DiT(TINY)
+    for p in net.parameters():  # leave zero-init: perturb so outputs depend on text
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 8, 12)
+    c = cond(2)
+    a = net(x, torch.zeros(2), **c)
+    # changing padded text positions does not change the output
+    c2 = {k: v.clone() for k, v in c.items()}
+    c2["text"][0, 3:] += 100.0
+    torch.testing.assert_close(net(x, torch.zeros(2), **c2), a)
+    # all-masked text = null condition: independent of the text values
+    n1 = {"text": torch.randn(2, 5, 16), "text_mask": torch.zeros(2, 5, dtype=torch.bool)}
+    n2 = {"text": torch.randn(2, 7, 16), "text_mask": torch.zeros(2, 7, dtype=torch.bool)}
+    torch.testing.assert_close(net(x, torch.zeros(2), **n1), net(x, torch.zeros(2), **n2))
+    assert not torch.allclose(net(x, torch.zeros(2), **n1), a)
+
+
+def test_per_sample_loss_shares_noise_and_sigma():
+    net = DiT(TINY)
+    D = EDMDenoiser(net)
+    x0 = torch.randn(4, 8, 12)
+    n = torch.randn_like(x0)
+    s = torch.tensor([0.05, 0.5, 2.0, 20.0])
+    l = denoising_loss(D, x0, n, s, cond(4))
+    assert l.shape == (4,)
+    # closed form with F = 0: D = c_skip (x0 + s n); error = ((c_skip - 1) x0 + c_skip s n)
+    c_skip = precondition(s)[0].view(-1, 1, 1)
+    ref = loss_weight(s) * ((c_skip * (x0 + s.view(-1, 1, 1) * n) - x0) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(l, ref)
+    # each sample's loss depends only on its own inputs
+    l1 = denoising_loss(D, x0[1:2], n[1:2], s[1:2], {k: v[1:2] for k, v in cond(4).items()})
+    torch.testing.assert_close(l1, l[1:2])
+
+
+def test_tiny_model_overfits_four_clips():
+    torch.manual_seed(0)
+    net = DiT(TINY)
+    D = EDMDenoiser(net)
+    g = torch.Generator().manual_seed(1)
+    x0 = 0.5 * torch.randn(4, 8, 12, generator=g)
+    c = cond(4)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    s_eval = torch.full((4,), 1.0)
+    n_eval = torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        before = float(denoising_loss(D, x0, n_eval, s_eval, c).mean())
+    for _ in range(300):
+        s = sample_sigma(4, g)
+        loss = denoising_loss(D, x0, torch.randn(x0.shape, generator=g), s, c).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(denoising_loss(D, x0, n_eval, s_eval, c).mean())
+    assert after < 0.1 * before, (before, after)
+
+
+def test_checkpoint_roundtrip_and_architecture_mismatch(tmp_path):
+    net = DiT(TINY)
+    spec = ModelSpec(model=TINY, codec={"type": "logmel"}, text_encoder="minilm", latent_frames=12)
+    save_model(tmp_path / "m.safetensors", net, spec)
+    state, spec2 = read_model_file(tmp_path / "m.safetensors")
+    assert spec2.model == TINY and spec2.latent_frames == 12
+    net2 = build_net(spec2, state, "m")
+    for (k, a), (_, b) in zip(net.state_dict().items(), net2.state_dict().items()):
+        assert torch.equal(a, b), k
+    other = DiT(DiTConfig(latent_channels=8, patch_size=2, width=48, depth=3, heads=2, text_dim=16, noise_freqs=16))
+    with pytest.raises(CheckpointError) as e:
+        load_state_strict(other, state, "m.safetensors")
+    msg = str(e.value)
+    assert "m.safetensors" in msg and "missing keys: blocks.2." in msg and "shape mismatch" in msg
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_model_file(tmp_path / "nope.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        read_model_file(tmp_path / "bad.safetensors")
