@@ -297,8 +297,10 @@ class LogMelCodec(Codec):
             )
 
     def _stft(self, x: torch.Tensor, c: _Consts) -> torch.Tensor:
+        # reflect padding as in encode; clips too short to reflect (only tiny decoded latents) pad with zeros
+        pad_mode = "reflect" if x.shape[-1] > self.n_fft // 2 else "constant"
         return torch.stft(
-            x, self.n_fft, self._hop, self.n_fft, c.window, center=True, pad_mode="reflect", return_complex=True
+            x, self.n_fft, self._hop, self.n_fft, c.window, center=True, pad_mode=pad_mode, return_complex=True
         )
 
     def _istft(self, spec: torch.Tensor, c: _Consts, length: int) -> torch.Tensor:
