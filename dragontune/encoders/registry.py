@@ -1,0 +1,71 @@
+"""Encoders by name: ``get_encoder(name, context, **kwargs)``.
+
+Built in: ``codec`` (the generator's own codec latents, needs ``context.codec``) and ``musicnn``. Other
+modules add theirs with :func:`register_encoder`; names listed in ``_LAZY`` are imported on first use so
+their module can register itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from dragontune.encoders.base import Encoder
+from dragontune.errors import EncoderError
+
+#: factory(context, **kwargs) -> Encoder ; context is any object with optional attributes codec, device
+EncoderFactory = Callable[..., Encoder]
+
+_ENCODERS: dict[str, EncoderFactory] = {}
+#: name -> module that registers it when imported
+_LAZY: dict[str, str] = {
+    "aisfx": "dragontune.encoders.aisfx",
+    "clap": "dragontune.encoders.clap",
+    "clap-mini": "dragontune.encoders.clap",
+    "clap-hf": "dragontune.encoders.clap",
+}
+
+
+def register_encoder(name: str, factory: EncoderFactory, *, overwrite: bool = False) -> None:
+    """Register ``factory(context, **kwargs) -> Encoder`` under ``name``."""
+    if name in _ENCODERS and not overwrite:
+        raise EncoderError(f"encoder {name!r} is already registered")
+    _ENCODERS[name] = factory
+
+
+def known_encoders() -> list[str]:
+    return sorted(set(_ENCODERS) | set(_LAZY))
+
+
+def get_encoder(name: str, context: Any = None, **kwargs: Any) -> Encoder:
+    """Build the encoder registered as ``name`` with ``kwargs`` (its constructor options)."""
+    if name not in _ENCODERS and name in _LAZY:
+        try:
+            importlib.import_module(_LAZY[name])
+        except ImportError as e:
+            raise EncoderError(f"encoder {name!r} is not available in this installation ({e})") from None
+    if name not in _ENCODERS:
+        raise EncoderError(f"unknown encoder {name!r}; known encoders: {', '.join(known_encoders())}")
+    return _ENCODERS[name](context, **kwargs)
+
+
+def _codec_encoder(context: Any, **kwargs: Any) -> Encoder:
+    codec = getattr(context, "codec", None)
+    if codec is None:
+        raise EncoderError(
+            "encoder 'codec' embeds audio with the generator's codec, but no codec was given; pass one in the "
+            "reward context (RewardContext(codec=...)) or choose another encoder"
+        )
+    from dragontune.encoders.codec import CodecEncoder
+
+    return CodecEncoder(codec, **kwargs)
+
+
+def _musicnn_encoder(context: Any, **kwargs: Any) -> Encoder:
+    from dragontune.encoders.musicnn import MusicnnEncoder
+
+    return MusicnnEncoder(**kwargs)
+
+
+register_encoder("codec", _codec_encoder)
+register_encoder("musicnn", _musicnn_encoder)
