@@ -271,7 +271,7 @@ def test_resamples_22050_input(encoders, batch):
     f22 = enc.embed_audio(x22, 22050)[0]
     f16 = enc.embed_audio(batch[:1], 16000)[0]
     assert f22.shape == f16.shape == (2, 200)
-    assert (f22 - f16).abs().max() < 0.05 * f16.abs().max()
+    assert (f22 - f16).abs().max() < 1e-3  # measured 4e-5 (soxr HQ round trip)
 
 
 @needs_weights
