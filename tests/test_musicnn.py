@@ -284,6 +284,8 @@ def test_min_length_and_windowing(encoders):
         enc.embed_audio(torch.zeros(1, 1, 47615), 16000)
     with pytest.raises(EncoderError, match=r"expects audio\[B, C, T\]"):
         enc.embed_audio(torch.zeros(47616), 16000)
+    assert enc.embed_audio(torch.zeros(0, 1, 47616), 16000) == []
+    assert enc.tag_probabilities(torch.zeros(0, 1, 47616), 16000).shape == (0, 50)
     overlapping = MusicnnEncoder("MTT_musicnn", hop_patches=50)
     assert overlapping.embed_audio(torch.zeros(1, 1, 104000), 16000)[0].shape == (5, 200)  # (407-187)//50+1
 
@@ -305,6 +307,8 @@ def test_bad_arguments():
         MusicnnEncoder(layer="cnn9")
     with pytest.raises(EncoderError, match="hop_patches"):
         MusicnnEncoder(hop_patches=0)
+    with pytest.raises(EncoderError, match="hop_patches"):
+        MusicnnEncoder(hop_patches=93.5)
 
 
 def test_missing_weights_message(tmp_path):

@@ -308,14 +308,14 @@ class MusicnnEncoder(Encoder):
             raise EncoderError(f"unknown musicnn model {model!r}; choose one of {list(MUSICNN_MODELS)}")
         if layer not in MUSICNN_LAYERS:
             raise EncoderError(f"unknown musicnn layer {layer!r}; choose one of {list(MUSICNN_LAYERS)}")
-        hop = PATCH_FRAMES if hop_patches is None else int(hop_patches)
-        if hop < 1:
+        hop = PATCH_FRAMES if hop_patches is None else hop_patches
+        if isinstance(hop, bool) or not isinstance(hop, (int, np.integer)) or hop < 1:
             raise EncoderError(f"musicnn hop_patches must be a positive number of frames, got {hop_patches!r}")
         if pad_mode not in ("constant", "reflect"):
             raise EncoderError(f"musicnn pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
         self.model = model
         self.layer = layer
-        self.hop_patches = hop
+        self.hop_patches = int(hop)
         self.pad_mode = pad_mode
         self.dim = MUSICNN_LAYERS[layer]
         self._weights_dir = Path(weights_dir) if weights_dir is not None else None
@@ -367,6 +367,10 @@ class MusicnnEncoder(Encoder):
             raise EncoderError(f"musicnn expects audio[B, C, T], got {shape}")
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise EncoderError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        if audio.shape[1] == 0:
+            raise EncoderError(f"musicnn got audio with 0 channels (shape {tuple(audio.shape)})")
+        if audio.shape[0] == 0:
+            return []
         validate_audio(audio, "audio given to the musicnn encoder")
         self.check_length(audio, sample_rate)
         x = audio.detach().to("cpu", torch.float32)
@@ -399,6 +403,5 @@ class MusicnnEncoder(Encoder):
 
     def tag_probabilities(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """``audio[B, C, T]`` -> ``[B, 50]``: the taggram (sigmoid) averaged over each clip's patches."""
-        return torch.stack(
-            [self.forward_patches(p)["taggram"].mean(dim=0) for p in self.log_mel_patches(audio, sample_rate)]
-        )
+        probs = [self.forward_patches(p)["taggram"].mean(dim=0) for p in self.log_mel_patches(audio, sample_rate)]
+        return torch.stack(probs) if probs else torch.zeros(0, 50)
