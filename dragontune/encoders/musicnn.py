@@ -218,31 +218,26 @@ def musicnn_forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> dict[st
     }
 
 
-_EXPECTED_SHAPES = {
-    "conv2d/kernel": (7, 38, 1, 204),
-    "conv2d_1/kernel": (7, 67, 1, 204),
-    "conv2d_2/kernel": (128, 1, 1, 51),
-    "conv2d_3/kernel": (64, 1, 1, 51),
-    "conv2d_4/kernel": (32, 1, 1, 51),
-    "conv2d_5/kernel": (7, 561, 1, 64),
-    "conv2d_6/kernel": (7, 64, 1, 64),
-    "conv2d_7/kernel": (7, 64, 1, 64),
-    "dense/kernel": (1506, 200),
-    "dense_1/kernel": (200, 50),
-    "batch_normalization_9/gamma": (1506,),
-}
+_BN_SIZES = (1, 204, 204, 51, 51, 51, 64, 64, 64, 1506, 200)
+_CONV_KERNELS = (
+    (7, 38, 1, 204), (7, 67, 1, 204), (128, 1, 1, 51), (64, 1, 1, 51), (32, 1, 1, 51),
+    (7, 561, 1, 64), (7, 64, 1, 64), (7, 64, 1, 64),
+)
 
 
-def _variable_names() -> list[str]:
-    names = []
-    for i in range(11):
+def _expected_shapes() -> dict[str, tuple[int, ...]]:
+    """Every model variable of a musicnn checkpoint (64 mid-end filters, 200 back-end units) and its shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, n in enumerate(_BN_SIZES):
         bn = "batch_normalization" if i == 0 else f"batch_normalization_{i}"
-        names += [f"{bn}/{v}" for v in ("beta", "gamma", "moving_mean", "moving_variance")]
-    for i in range(8):
+        for v in ("beta", "gamma", "moving_mean", "moving_variance"):
+            shapes[f"{bn}/{v}"] = (n,)
+    for i, k in enumerate(_CONV_KERNELS):
         conv = "conv2d" if i == 0 else f"conv2d_{i}"
-        names += [f"{conv}/kernel", f"{conv}/bias"]
-    names += ["dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"]
-    return names
+        shapes[f"{conv}/kernel"] = k
+        shapes[f"{conv}/bias"] = (k[3],)
+    shapes.update({"dense/kernel": (1506, 200), "dense/bias": (200,), "dense_1/kernel": (200, 50), "dense_1/bias": (50,)})
+    return shapes
 
 
 def musicnn_package_dir() -> Path:
@@ -260,11 +255,12 @@ def load_musicnn_params(weights_dir: str | os.PathLike) -> dict[str, torch.Tenso
     for f in (".index", ".data-00000-of-00001"):
         if not (d / f).is_file():
             raise EncoderError(f"musicnn weights file {str(d / f)!r} is missing; {_INSTALL_HINT}")
+    expected = _expected_shapes()
     try:
-        raw = read_tf_checkpoint(prefix, names=_variable_names())
+        raw = read_tf_checkpoint(prefix, names=list(expected))
     except CheckpointError as e:
         raise EncoderError(f"musicnn weights in {str(d)!r} cannot be read: {e}; {_INSTALL_HINT}") from None
-    for name, shape in _EXPECTED_SHAPES.items():
+    for name, shape in expected.items():
         if raw[name].shape != shape:
             raise EncoderError(
                 f"musicnn weights in {str(d)!r}: {name} has shape {raw[name].shape}, expected {shape} "
