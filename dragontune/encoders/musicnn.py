@@ -40,6 +40,8 @@ __all__ = [
     "musicnn_log_mel",
     "slaney_mel_filterbank",
     "musicnn_package_dir",
+    "musicnn_forward",
+    "load_musicnn_params",
     "MUSICNN_MODELS",
     "MUSICNN_LAYERS",
 ]
