@@ -192,7 +192,7 @@ _PART_WORDS = {
     "pluck": ["arpeggios", "arpeggio", "picking pattern", "melody"],
     "piano": ["melody", "tune", "piece", "phrase"],
     "pad": ["chords", "pulsing chords", "chord progression", "sustained chords"],
-    "bass": ["bassline", "bass line", "bass riff", "groove"],
+    "bass": ["line", "riff", "groove", "line"],
     "bell": ["melody", "motif", "tune", "chime melody"],
     "drums": ["beat", "groove", "drum pattern", "rhythm"],
 }
