@@ -17,7 +17,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def _config_cmd(cls, args, run):
     from dragontune.config import dump_yaml, load_config
 
-    cfg = load_config(cls, args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).exists():
+        config, overrides = None, [config] + overrides  # no YAML file given: only overrides
+    cfg = load_config(cls, config, overrides)
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         return 0
@@ -29,6 +32,12 @@ def cmd_pretrain(args) -> int:
     from dragontune.train import PretrainConfig, pretrain
 
     return _config_cmd(PretrainConfig, args, lambda cfg: print(pretrain(cfg, resume=args.resume)))
+
+
+def cmd_finetune(args) -> int:
+    from dragontune.dragon.loop import DragonConfig, finetune
+
+    return _config_cmd(DragonConfig, args, lambda cfg: print(finetune(cfg, resume=args.resume)))
 
 
 def cmd_synth(args) -> int:
@@ -121,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     p.set_defaults(fn=cmd_pretrain)
+
+    f = sub.add_parser("finetune", help="DRAGON fine-tuning toward a reward")
+    f.add_argument("config", nargs="?", default=None)
+    f.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    f.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    f.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    f.set_defaults(fn=cmd_finetune)
 
     sm = sub.add_parser("sample", help="generate audio from a checkpoint")
     sm.add_argument("--checkpoint", default=None, help="model .safetensors (default: the committed baseline)")

@@ -1,0 +1,441 @@
+"""The DRAGON fine-tuning loop (one readable function, `finetune`).
+
+Each round: take prompts from the pool -> generate K samples per prompt with per-sample seeds (each from
+the policy with probability 1 - p_reference, else from the frozen reference) -> decode -> score with the
+reward -> build D+/D- -> M optimiser steps of Diffusion-DPO or Diffusion-KTO against the frozen
+reference (shared sigma and noise) -> log, write demonstrations, checkpoint.
+
+Every random choice of round r is drawn from generators seeded by (seed, r, purpose), so a run resumed
+from the checkpoint after round r replays rounds r+1.. exactly: on CPU it ends with the same weights as an
+uninterrupted run. Rank-aware: samples are striped over ranks for generation, the full set is gathered
+before scoring (set rewards see all generations), demonstrations are striped again for training, gradients
+are averaged and the KTO reference point is reduced across processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from dragontune import dist
+from dragontune.config import dump_yaml, to_dict
+from dragontune.dragon.builders import build_demonstrations, validate_combination
+from dragontune.dragon.losses import diffusion_dpo_loss, diffusion_kto_loss
+from dragontune.dragon.subsets import subset_scorer
+from dragontune.errors import CheckpointError, ConfigError, DataError
+from dragontune.generate import SamplerConfig, generate_latents
+from dragontune.models.checkpoint import load_model, load_state_strict, save_model
+from dragontune.models.edm import P_MEAN, P_STD, denoising_loss, sample_sigma
+from dragontune.rewards.base import ScoringBatch
+from dragontune.train import DataConfig, ensure_corpus
+from dragontune.utils import (
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+    load_safetensors,
+    log,
+    resolve_device,
+    save_safetensors_atomic,
+    sha256_tensors,
+)
+
+
+@dataclasses.dataclass
+class DragonOptimConfig:
+    lr: float = 3e-6
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip: float = 45.0
+
+
+@dataclasses.dataclass
+class DragonConfig:
+    out_dir: str = "runs/dragon"
+    baseline: str = ""                 # model checkpoint to start from and use as the frozen reference ("" = committed baseline)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"            # auto: bf16 autocast on CUDA, fp32 on CPU
+    threads: int = 0
+    rounds: int = 20
+    prompts_per_round: int = 8         # across all processes
+    k_per_prompt: int = 4              # samples per prompt (K)
+    p_reference: float = 0.1           # probability that a demonstration comes from the frozen reference
+    updates_per_round: int = 4         # optimiser steps per round (M)
+    batch_per_update: int = 16         # pairs (DPO) or labelled samples (KTO) per optimiser step, all processes
+    loss: str = "dpo"                  # dpo | kto
+    builder: str = "paired"            # paired | unpaired | loo | greedy | split
+    builder_options: dict = dataclasses.field(default_factory=dict)
+    beta: float = 5000.0
+    kto_w_desirable: float = 1.0
+    kto_w_undesirable: float = 1.0
+    cond_dropout: float = 0.1          # kept on during DRAGON training, as in the paper
+    p_mean: float = P_MEAN
+    p_std: float = P_STD
+    reward: dict = dataclasses.field(default_factory=lambda: {
+        "name": "per_song_fad", "encoder": "codec",
+        "exemplars": {"corpus": "data/corpus", "filter": "instrument=piano,quality=clean"}})
+    watch: list[dict] = dataclasses.field(default_factory=list)   # rewards logged, not optimised
+    prompts: str = "corpus:train"      # corpus:SPLIT or a text file with one prompt per line
+    eval_prompts: str = "corpus:test"
+    eval_n_prompts: int = 16
+    eval_every: int = 5                # rounds between held-out evaluations (0 = only first and last)
+    ckpt_every: int = 5
+    write_demos: bool = True
+    sampler: SamplerConfig = dataclasses.field(default_factory=lambda: SamplerConfig(steps=40))
+    eval_sampler: SamplerConfig = dataclasses.field(default_factory=lambda: SamplerConfig(steps=40))
+    optim: DragonOptimConfig = dataclasses.field(default_factory=DragonOptimConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# determinism helpers
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from any parts (stable across processes, Python versions and batch sizes)."""
+    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
+def gen_for(*parts) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(*parts))
+
+
+def load_prompt_pool(spec: str, data: DataConfig) -> list[str]:
+    if spec.startswith("corpus:"):
+        from dragontune.data.dataset import filter_rows, load_metadata
+
+        split = spec.split(":", 1)[1]
+        rows = filter_rows(load_metadata(ensure_corpus(data)), {"split": split})
+        prompts = list(dict.fromkeys(r["caption"] for r in rows))
+    else:
+        p = Path(spec)
+        if not p.is_file():
+            raise DataError(f"prompt file {spec!r} does not exist; give corpus:train or a text file, one prompt per line")
+        prompts = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+    if not prompts:
+        raise DataError(f"prompt pool {spec!r} is empty; it needs at least one non-empty prompt")
+    return prompts
+
+
+def round_prompts(pool: list[str], seed: int, rnd: int, n: int) -> list[str]:
+    """Prompts of round ``rnd``: consecutive slices of per-epoch permutations of the pool."""
+    out = []
+    start = rnd * n
+    for j in range(start, start + n):
+        epoch, pos = divmod(j, len(pool))
+        perm = torch.randperm(len(pool), generator=gen_for(seed, "prompt-epoch", epoch))
+        out.append(pool[int(perm[pos])])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _save_checkpoint(out: Path, rnd: int, policy, opt) -> None:
+    from dragontune.train import _flatten_optimizer
+
+    d = out / "checkpoints"
+    save_model(d / f"round-{rnd:05d}.safetensors", policy.net, policy.spec)
+    tensors, ometa = _flatten_optimizer(opt)
+    save_safetensors_atomic(tensors, d / f"round-{rnd:05d}.state.safetensors",
+                            {"state": json.dumps({"round": rnd, "optim": ometa}, default=str)})
+    atomic_write_json(d / "latest.json", {"round": rnd, "model": f"round-{rnd:05d}.safetensors",
+                                          "state": f"round-{rnd:05d}.state.safetensors"})
+
+
+def _load_checkpoint(out: Path, policy, opt) -> int:
+    from dragontune.models.checkpoint import read_model_file
+    from dragontune.train import _unflatten_optimizer
+
+    latest = out / "checkpoints" / "latest.json"
+    if not latest.is_file():
+        raise CheckpointError(f"--resume: {str(latest)!r} not found; run without --resume to start fresh")
+    info = json.loads(latest.read_text())
+    state, _ = read_model_file(out / "checkpoints" / info["model"])
+    load_state_strict(policy.net, state, info["model"])
+    tensors, meta = load_safetensors(out / "checkpoints" / info["state"])
+    opt.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["state"])["optim"]))
+    return int(info["round"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | None = None) -> Path:
+    """Run DRAGON; returns the path of the final policy checkpoint. ``stop_after_round`` is for tests."""
+    from tqdm.auto import tqdm
+
+    from dragontune.rewards.registry import RewardContext, build_reward
+
+    # -- set-up and checks
+    device = resolve_device(cfg.device)
+    dist.init_from_env(device)
+    device = dist.local_device(device)
+    R, W = dist.rank(), dist.world()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = ensure_writable_dir(cfg.out_dir)
+    use_bf16 = (cfg.precision == "bf16") or (cfg.precision == "auto" and device.type == "cuda")
+    K, P = cfg.k_per_prompt, cfg.prompts_per_round
+    N = P * K
+    if K < 1 or P < 1:
+        raise ConfigError(f"k_per_prompt={K} and prompts_per_round={P} must be >= 1")
+    if not 0.0 <= cfg.p_reference <= 1.0:
+        raise ConfigError(f"p_reference={cfg.p_reference} must be in [0, 1]")
+    if cfg.batch_per_update < W:
+        raise ConfigError(f"batch_per_update={cfg.batch_per_update} is smaller than the {W} processes")
+    policy = load_model(cfg.baseline or None, device=device)
+    reference = policy.copy_frozen()
+    ensure_corpus(cfg.data)
+    ctx = RewardContext(codec=policy.codec, device=device)
+    reward = build_reward(cfg.reward, ctx)
+    watch = [build_reward(w, ctx) for w in cfg.watch]
+    validate_combination(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options)
+    pool = load_prompt_pool(cfg.prompts, cfg.data)
+    eval_pool = load_prompt_pool(cfg.eval_prompts, cfg.data)[: cfg.eval_n_prompts]
+    opt = torch.optim.Adam(policy.net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                           weight_decay=cfg.optim.weight_decay)
+    ref_hash = sha256_tensors(reference.net.state_dict())
+    start = 0
+    if resume:
+        start = _load_checkpoint(out, policy, opt)
+        log.info("resumed after round %d", start)
+    if dist.is_main():
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+        _truncate_metrics(out / "metrics.jsonl", start)
+    arith = {"processes": W, "prompts_per_round": P, "k_per_prompt": K, "samples_per_round": N,
+             "samples_per_process": math.ceil(N / W), "updates_per_round": cfg.updates_per_round,
+             "batch_per_update": cfg.batch_per_update, "batch_per_process": cfg.batch_per_update // W,
+             "demo_steps": cfg.sampler.steps, "eval_steps": cfg.eval_sampler.steps,
+             "reward": reward.name, "reward_class": reward.reward_class, "builder": cfg.builder, "loss": cfg.loss}
+    if cfg.batch_per_update % W:
+        raise ConfigError(f"batch_per_update={cfg.batch_per_update} must be divisible by the {W} processes")
+    log.info("DRAGON batch arithmetic: %s", json.dumps(arith))
+    if dist.is_main():
+        atomic_write_json(out / "batch_arithmetic.json", arith)
+
+    def evaluate(model) -> dict:
+        seeds = [derived_seed(cfg.seed, "eval", i) for i in range(len(eval_pool))]
+        lat = generate_latents(model, eval_pool, seeds, cfg.eval_sampler, autocast_bf16=use_bf16)
+        batch = ScoringBatch(model.decode(lat), model.sample_rate, eval_pool)
+        res = {f"eval/{reward.name}": reward.set_score(batch)}
+        for w in watch:
+            res[f"eval/{w.name}"] = w.set_score(batch)
+        return res
+
+    mf = open(out / "metrics.jsonl", "a") if dist.is_main() else None
+    if start == 0 and mf is not None:
+        rec = {"round": 0, **evaluate(policy)}
+        mf.write(json.dumps(rec) + "\n")
+        mf.flush()
+        log.info("round 0 (baseline) %s", _fmt(rec))
+    skipped = 0
+    bar = tqdm(total=cfg.rounds, initial=start, desc="dragon", dynamic_ncols=True, disable=None if dist.is_main() else True)
+    for rnd in range(start + 1, cfg.rounds + 1):
+        t0 = time.time()
+        # ---- 1. prompts, seeds, sources (identical on every rank)
+        prompts = [p for p in round_prompts(pool, cfg.seed, rnd, P) for _ in range(K)]
+        groups = torch.arange(P).repeat_interleave(K)
+        seeds = [derived_seed(cfg.seed, "sample", rnd, j) for j in range(N)]
+        from_ref = torch.rand(N, generator=gen_for(cfg.seed, "source", rnd)) < cfg.p_reference
+        owners = torch.arange(N) % W
+        mine = (owners == R).nonzero().flatten()
+        # ---- 2. generate this rank's stripe, then gather the full set
+        lat_mine = torch.zeros((len(mine),) + policy.latent_shape)
+        for src, model in ((False, policy), (True, reference)):
+            sel = [i for i, j in enumerate(mine.tolist()) if bool(from_ref[j]) == src]
+            if sel:
+                js = [int(mine[i]) for i in sel]
+                lat_mine[sel] = generate_latents(model, [prompts[j] for j in js], [seeds[j] for j in js],
+                                                 cfg.sampler, autocast_bf16=use_bf16)
+        latents = dist.gather_rows(lat_mine.to(device), owners).cpu()
+        t1 = time.time()
+        # ---- 3. score (every rank scores the full set: set rewards see all generations)
+        audio = policy.decode(latents.to(device)).cpu()
+        batch = ScoringBatch(audio, policy.sample_rate, prompts)
+        result = reward(batch)
+        scores = result.scores.double()
+        pol_mask = ~from_ref
+        rec = {"round": rnd, "reward": _nanmean(scores[pol_mask]) if result.set_score is None else None}
+        if result.set_score is not None:
+            rec["set_reward"] = float(result.set_score)
+        for w in watch:
+            rec[f"watch/{w.name}"] = w.set_score(ScoringBatch(audio[pol_mask], policy.sample_rate,
+                                                              [p for p, m in zip(prompts, pol_mask) if m]))
+        n_nan = int(torch.isnan(scores).sum())
+        rec["n_nan_dropped"] = n_nan
+        t2 = time.time()
+        # ---- 4. D+ / D-
+        demos = None
+        if n_nan == N:
+            skipped += 1
+            log.warning("round %d: the reward returned NaN for all %d samples; round skipped (%d so far)",
+                        rnd, N, skipped)
+        else:
+            set_score = subset_scorer(reward, batch) if cfg.builder in ("greedy", "split") else None
+            demos = build_demonstrations(reward.reward_class, cfg.builder, cfg.loss, scores, groups,
+                                         credit=result.credit, set_score=set_score,
+                                         generator=gen_for(cfg.seed, "split", rnd), **cfg.builder_options)
+            if demos.is_empty():
+                skipped += 1
+                log.warning("round %d: no demonstrations (all ties?); round skipped (%d so far)", rnd, skipped)
+                demos_for_log, demos = demos, None
+            if n_nan:
+                log.info("round %d: %d samples with NaN reward dropped", rnd, n_nan)
+        rec["skipped_rounds"] = skipped
+        # ---- 5. train
+        if demos is not None:
+            stats = _train_round(cfg, policy, reference, opt, demos, latents, prompts, rnd, use_bf16)
+            rec.update(stats)
+            rec.update({f"demo/{k}": v for k, v in demos.info.items() if isinstance(v, (int, float))})
+        t3 = time.time()
+        rec.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2})
+        if dist.is_main() and cfg.write_demos:
+            _write_demos(out, rnd, prompts, seeds, from_ref, cfg.sampler.steps, scores, result, demos, latents)
+        # ---- 6. evaluate, log, checkpoint
+        if (cfg.eval_every > 0 and rnd % cfg.eval_every == 0) or rnd == cfg.rounds:
+            rec.update(evaluate(policy))
+        rec["ref_unchanged"] = sha256_tensors(reference.net.state_dict()) == ref_hash
+        if not rec["ref_unchanged"]:
+            raise RuntimeError("the frozen reference model changed during training; this is a bug")
+        if mf is not None:
+            mf.write(json.dumps(rec, default=float) + "\n")
+            mf.flush()
+            log.info("round %d %s", rnd, _fmt(rec))
+        bar.update(1)
+        if (cfg.ckpt_every > 0 and rnd % cfg.ckpt_every == 0) or rnd == cfg.rounds:
+            if dist.is_main():
+                _save_checkpoint(out, rnd, policy, opt)
+            dist.barrier()
+        if stop_after_round is not None and rnd >= stop_after_round:
+            break
+    bar.close()
+    if mf is not None:
+        mf.close()
+    final = out / "model.safetensors"
+    if dist.is_main():
+        save_model(final, policy.net, policy.spec)
+    return final
+
+
+def _fault_point(rnd: int, where: str) -> None:
+    """Testing hook: ``DRAGONTUNE_FAULT=ROUND:WHERE`` sends SIGKILL to this process at that point."""
+    spec = os.environ.get("DRAGONTUNE_FAULT")
+    if spec and spec == f"{rnd}:{where}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _train_round(cfg, policy, reference, opt, demos, latents, prompts, rnd, use_bf16) -> dict:
+    """M optimiser steps on this round's demonstrations; returns averaged statistics."""
+    R, W = dist.rank(), dist.world()
+    device = policy.device
+    g = gen_for(cfg.seed, "train", rnd)
+    if demos.pairs is not None:
+        items = demos.pairs
+    else:
+        idx, desirable = demos.kto_inputs()
+        items = torch.stack([idx, desirable.long()], dim=1)
+    n_items = items.shape[0]
+    B = cfg.batch_per_update
+    order = torch.cat([torch.randperm(n_items, generator=g) for _ in range(math.ceil(cfg.updates_per_round * B / n_items))])
+    acc: dict[str, list[float]] = {}
+    policy.net.train()
+    for m in range(cfg.updates_per_round):
+        chunk = items[order[m * B:(m + 1) * B]]
+        b = chunk.shape[0]
+        # shared randomness for the whole step, drawn identically on every rank, then striped
+        sigma = sample_sigma(b, g, cfg.p_mean, cfg.p_std)
+        noise = torch.randn((b,) + tuple(latents.shape[1:]), generator=g)
+        drop = torch.rand(b, generator=g) < cfg.cond_dropout
+        sl = torch.arange(b)[torch.arange(b) % W == R]
+        chunk, sigma, noise, drop = chunk[sl], sigma[sl], noise[sl], drop[sl]
+        if demos.pairs is not None:
+            ids = torch.cat([chunk[:, 0], chunk[:, 1]])
+            sig, nz, dr = sigma.repeat(2), noise.repeat(2, 1, 1), drop.repeat(2)
+        else:
+            ids, sig, nz, dr = chunk[:, 0], sigma, noise, drop
+        x0 = latents[ids].to(device)
+        cond = policy.cond([prompts[int(i)] for i in ids])
+        cond["text_mask"] = cond["text_mask"] & ~dr.to(device)[:, None]
+        sig, nz = sig.to(device), nz.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            err_pol = denoising_loss(policy.denoiser, x0, nz, sig, cond).float()
+            with torch.no_grad():
+                err_ref = denoising_loss(reference.denoiser, x0, nz, sig, cond).float()
+        if demos.pairs is not None:
+            h = err_pol.shape[0] // 2
+            loss, st = diffusion_dpo_loss(err_pol[:h], err_pol[h:], err_ref[:h], err_ref[h:], beta=cfg.beta)
+        else:
+            loss, st = diffusion_kto_loss(err_pol, err_ref, chunk[:, 1].bool().to(device), beta=cfg.beta,
+                                          w_desirable=cfg.kto_w_desirable, w_undesirable=cfg.kto_w_undesirable)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dist.average_gradients(policy.net.parameters())
+        gn = torch.nn.utils.clip_grad_norm_(policy.net.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        if m == 0:
+            _fault_point(rnd, "train")
+        st = dict(st)
+        st["grad_norm"] = float(gn)
+        st["loss"] = float(loss.detach())
+        for k, v in st.items():
+            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                acc.setdefault(k, []).append(float(v))
+    return {f"train/{k}": sum(v) / len(v) for k, v in acc.items()}
+
+
+def _write_demos(out: Path, rnd, prompts, seeds, from_ref, steps, scores, result, demos, latents) -> None:
+    d = out / "demos"
+    label = torch.zeros(len(prompts), dtype=torch.int64)
+    pair_of = [None] * len(prompts)
+    if demos is not None and demos.pairs is not None:
+        for p, (w, l) in enumerate(demos.pairs.tolist()):
+            label[w], label[l] = 1, -1
+            pair_of[w] = pair_of[l] = p
+    elif demos is not None:
+        label = demos.labels.long()
+    rows = []
+    for j in range(len(prompts)):
+        rows.append({
+            "index": j, "prompt": prompts[j], "seed": seeds[j],
+            "source": "reference" if bool(from_ref[j]) else "policy", "steps": steps,
+            "reward": _f(scores[j]), "credit": _f(result.credit[j]) if result.credit is not None else None,
+            "label": int(label[j]), "pair": pair_of[j],
+        })
+    save_safetensors_atomic({"latents": latents}, d / f"round-{rnd:04d}.safetensors",
+                            {"round": str(rnd)})
+    atomic_write_text(d / f"round-{rnd:04d}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _truncate_metrics(path: Path, keep_round: int) -> None:
+    """On resume, drop metric lines of rounds after the checkpoint (they will be recomputed)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("round", 0) <= keep_round]
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def _nanmean(x: torch.Tensor) -> float | None:
+    x = x[torch.isfinite(x)]
+    return float(x.mean()) if x.numel() else None
+
+
+def _f(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _fmt(rec: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items() if k != "round")

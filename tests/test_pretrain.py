@@ -1,0 +1,90 @@
+"""Pre-training end to end on a tiny corpus and model: checkpoints, resume equivalence, dry run."""
+
+import json
+
+import pytest
+import torch
+
+from dragontune.cli import main
+from dragontune.config import load_config
+from dragontune.train import PretrainConfig, pretrain
+from dragontune.utils import load_safetensors
+
+
+def tiny_cfg(tmp_path, corpus, out, steps=6):
+    return load_config(PretrainConfig, None, [
+        f"out_dir={out}", f"data.corpus={corpus}", "data.synth_n=16", "data.duration=1.0",
+        f"steps={steps}", "batch_size=4", "log_every=2", "val_every=3", "val_samples=4", "ckpt_every=3",
+        "sample_every=0", "sample_steps=2", "sample_prompts=[a soft piano melody]",
+        "model.width=32", "model.depth=2", "model.heads=2", "model.patch_size=2", "model.noise_freqs=16",
+        "codec.n_mels=16", "codec.n_fft=256", "codec.hop_length=128", "model.latent_channels=16",
+        "codec.griffin_lim_iters=2", "ema_halflife_steps=2", "device=cpu",
+    ])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from dragontune.data.synth import synth_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    synth_corpus(root, n=16, seed=0)
+    return root
+
+
+def _weights(path):
+    t, _ = load_safetensors(path)
+    return t
+
+
+@pytest.mark.slow
+def test_resume_gives_identical_weights(tmp_path, corpus):
+    full = pretrain(tiny_cfg(tmp_path, corpus, tmp_path / "full"))
+    # interrupted run: stop after the step-3 checkpoint, then resume to the end
+    cfg = tiny_cfg(tmp_path, corpus, tmp_path / "part", steps=3)
+    pretrain(cfg)
+    cfg2 = tiny_cfg(tmp_path, corpus, tmp_path / "part", steps=6)
+    resumed = pretrain(cfg2, resume=True)
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    st_full = _weights(tmp_path / "full" / "checkpoints" / "step-0000006.state.safetensors")
+    st_res = _weights(tmp_path / "part" / "checkpoints" / "step-0000006.state.safetensors")
+    for k in st_full:
+        assert torch.equal(st_full[k], st_res[k]), k
+    lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_loss" in r for r in lines) and all("step" in r for r in lines)
+    assert (tmp_path / "full" / "samples" / "final" / "00.wav").is_file()
+
+
+def test_dry_run_prints_resolved_config(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 7\n")
+    assert main(["pretrain", str(cfg), "optim.lr=0.5", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 7" in out and "lr: 0.5" in out
+
+
+def test_typo_in_cli_override_is_an_error(capsys, tmp_path):
+    assert main(["pretrain", "optim.lrr=0.5", "--dry-run"]) == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+
+
+def test_unwritable_output_dir(tmp_path, corpus):
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if os.access(ro, os.W_OK):  # running as root: permissions do not bind, use a file as parent
+            (tmp_path / "afile").write_text("x")
+            target = tmp_path / "afile" / "out"
+        else:
+            target = ro / "out"
+        from dragontune.errors import DragontuneError
+
+        with pytest.raises(DragontuneError, match="not writable"):
+            pretrain(tiny_cfg(tmp_path, corpus, target))
+    finally:
+        os.chmod(ro, 0o700)
