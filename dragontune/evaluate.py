@@ -1,0 +1,623 @@
+"""Win rates of a fine-tuned model against its baseline over a suite of rewards (docs/evaluation.md).
+
+Both models generate one clip per held-out prompt with the *same* seed and sampler; every reward of the
+suite scores both sets of clips (audio is generated once and shared by all rewards).
+
+* instance and instance-to-distribution rewards: the **win rate** is the share of prompts whose
+  fine-tuned clip scores higher than the baseline clip of the same prompt and seed; a tie counts one half.
+  Its interval is the Wilson score interval over the n prompts (:func:`wilson_interval`).
+* distribution-to-distribution rewards (one score per set): prompts are resampled with replacement
+  ``n_boot`` times; each resample scores *the same* prompt indices for both models, and the win rate is
+  the share of resamples in which the fine-tuned set scores higher (ties one half). Resamples are not
+  independent observations, so the Wilson interval over ``n_boot`` describes the resampling noise only;
+  :func:`bootstrap_set_win_rate` also gives the percentile interval of the score difference.
+
+Public API::
+
+    wilson_interval(wins, n, z=1.96) -> (lo, hi)
+    instance_win_rate(scores_a, scores_b, z=1.96) -> dict
+    bootstrap_set_win_rate(set_score_fn, n, n_boot=200, seed=0, z=1.96) -> dict
+    DEFAULT_SUITE, suite_specs(names, corpus) -> [(name, spec)], build_suite(specs, context, skip_unavailable)
+    load_prompts(spec, corpus, limit=None) -> [str]
+    evaluate_models(baseline_path, model_path, prompts, suite, *, seeds, sampler, device, out_dir, ...) -> dict
+    format_eval_table(result) -> str
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from dragontune.errors import CheckpointError, ConfigError, DataError, DragontuneError, RewardError
+from dragontune.utils import atomic_write_json, atomic_write_text, ensure_writable_dir, log
+
+EVAL_FORMAT = "dragontune-eval-1"
+
+# ----------------------------------------------------------------------------------------------------------
+# statistics
+
+
+def wilson_interval(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a proportion ``wins / n`` (``wins`` may be fractional: ties count 1/2).
+
+    ``n == 0`` gives ``(0.0, 1.0)``: nothing is known. The bounds are clipped to [0, 1].
+    """
+    n = int(n)
+    wins = float(wins)
+    if n < 0 or not (0.0 <= wins <= n) or not math.isfinite(wins):
+        raise ValueError(f"wilson_interval: need 0 <= wins <= n, got wins={wins}, n={n}")
+    if not z > 0:
+        raise ValueError(f"wilson_interval: z must be > 0, got {z}")
+    if n == 0:
+        return 0.0, 1.0
+    p = wins / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(max(p * (1.0 - p) / n + z2 / (4.0 * n * n), 0.0))
+    lo, hi = centre - half, centre + half
+    # at p = 0 (p = 1) the lower (upper) bound is exactly 0 (1); remove rounding residue
+    if wins == 0:
+        lo = 0.0
+    if wins == n:
+        hi = 1.0
+    return max(0.0, lo), min(1.0, hi)
+
+
+def _as_f64(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to(torch.float64).cpu().numpy()
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
+    return a
+
+
+def instance_win_rate(scores_a: Any, scores_b: Any, z: float = 1.96) -> dict:
+    """Share of prompts where B (fine-tuned) scores higher than A (baseline); ties count 1/2.
+
+    Pairs where either score is NaN/Inf are dropped and counted in ``nan_dropped``. Returns
+    ``{win_rate, lo, hi, n, wins, ties, losses, nan_dropped, mean_a, mean_b}`` with the Wilson interval
+    ``(lo, hi)`` over the ``n`` kept pairs; ``win_rate`` is NaN when ``n == 0``.
+    """
+    a, b = _as_f64(scores_a, "scores_a"), _as_f64(scores_b, "scores_b")
+    if a.shape != b.shape:
+        raise ValueError(f"instance_win_rate: {a.shape[0]} baseline scores but {b.shape[0]} model scores")
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    n = int(a.shape[0])
+    wins_strict = int((b > a).sum())
+    ties = int((b == a).sum())
+    wins = wins_strict + 0.5 * ties
+    lo, hi = wilson_interval(wins, n, z)
+    return {
+        "win_rate": wins / n if n else float("nan"),
+        "lo": lo,
+        "hi": hi,
+        "n": n,
+        "wins": wins_strict,
+        "ties": ties,
+        "losses": n - wins_strict - ties,
+        "nan_dropped": int((~ok).sum()),
+        "mean_a": float(a.mean()) if n else float("nan"),
+        "mean_b": float(b.mean()) if n else float("nan"),
+    }
+
+
+def bootstrap_set_win_rate(
+    set_score_fn: Callable[[np.ndarray], tuple[float, float]],
+    n: int,
+    n_boot: int = 200,
+    seed: int = 0,
+    z: float = 1.96,
+    level: float = 0.95,
+) -> dict:
+    """Bootstrap win rate for a set reward.
+
+    ``set_score_fn(indices) -> (score_a, score_b)`` scores the baseline and the model sets restricted to
+    the *same* resampled prompt indices (an int array of length ``n``, drawn with replacement). The win
+    rate is the share of the ``n_boot`` resamples in which B scores higher (ties 1/2), with a Wilson
+    interval over the resamples (they are not independent data: read it as resampling noise), plus the
+    ``level`` percentile interval of ``score_b - score_a``. Deterministic given ``seed``. Resamples where
+    either score is not finite are dropped and counted.
+
+    Returns ``{win_rate, lo, hi, n_boot, ties, nan_dropped, diff_mean, diff_lo, diff_hi}``.
+    """
+    n, n_boot = int(n), int(n_boot)
+    if n < 1:
+        raise ValueError(f"bootstrap_set_win_rate: need n >= 1 prompts, got {n}")
+    if n_boot < 1:
+        raise ValueError(f"bootstrap_set_win_rate: need n_boot >= 1, got {n_boot}")
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_set_win_rate: level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(int(seed))
+    diffs = []
+    dropped = 0
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        sa, sb = set_score_fn(idx)
+        sa, sb = float(sa), float(sb)
+        if not (math.isfinite(sa) and math.isfinite(sb)):
+            dropped += 1
+            continue
+        diffs.append(sb - sa)
+    d = np.asarray(diffs, dtype=np.float64)
+    k = int(d.shape[0])
+    ties = int((d == 0).sum())
+    wins = float((d > 0).sum()) + 0.5 * ties
+    lo, hi = wilson_interval(wins, k, z)
+    q = (1.0 - level) / 2.0
+    return {
+        "win_rate": wins / k if k else float("nan"),
+        "lo": lo,
+        "hi": hi,
+        "n_boot": k,
+        "ties": ties,
+        "nan_dropped": dropped,
+        "diff_mean": float(d.mean()) if k else float("nan"),
+        "diff_lo": float(np.quantile(d, q)) if k else float("nan"),
+        "diff_hi": float(np.quantile(d, 1.0 - q)) if k else float("nan"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the reward suite
+
+#: placeholder for the corpus root inside suite specs (replaced by :func:`suite_specs`)
+CORPUS = "${corpus}"
+
+#: two disjoint exemplar subsets of the embedded corpus
+EXEMPLAR_SETS = {
+    "piano": {"corpus": CORPUS, "filter": "instrument=piano,quality=clean"},
+    "calm": {"corpus": CORPUS, "filter": "instrument=pad|bell|pluck,mood=calm|melancholic,quality=clean"},
+}
+#: text exemplars for the cross-modal centroid reward
+TEXT_EXEMPLARS = [
+    "a calm slow piano melody",
+    "a gentle solo piano ballad",
+    "soft piano chords, peaceful and warm",
+    "a melancholic piano piece in a minor key",
+]
+#: encoders of the suite; musicnn hops 16 patch frames (~0.26 s) so a 4 s clip gives several frames
+SUITE_ENCODERS = {
+    "codec": "codec",
+    "musicnn": {"name": "musicnn", "hop_patches": 16},
+    "clap-mini": "clap-mini",
+}
+
+
+def _default_suite() -> list[tuple[str, dict]]:
+    s: list[tuple[str, dict]] = [
+        ("aesthetics", {"name": "aesthetics"}),
+        ("clap_score", {"name": "clap_score"}),
+        ("tag_score", {"name": "tag_score"}),
+    ]
+    for kind in ("per_song_fad", "fad"):
+        for enc in ("codec", "musicnn", "clap-mini"):
+            for ex in ("piano", "calm"):
+                s.append((f"{kind}/{enc}/{ex}",
+                          {"name": kind, "encoder": SUITE_ENCODERS[enc], "exemplars": EXEMPLAR_SETS[ex]}))
+    s.append(("centroid/clap-mini/text",
+              {"name": "centroid", "encoder": SUITE_ENCODERS["clap-mini"], "exemplars": {"texts": TEXT_EXEMPLARS}}))
+    for enc in ("codec", "musicnn"):
+        s.append((f"kad/{enc}/piano", {"name": "kad", "encoder": SUITE_ENCODERS[enc], "exemplars": EXEMPLAR_SETS["piano"]}))
+    for enc in ("codec", "musicnn"):
+        s.append((f"vendi/{enc}", {"name": "vendi", "encoder": SUITE_ENCODERS[enc]}))
+    return s
+
+
+#: the default suite: (name, reward spec) with ``CORPUS`` for the corpus root (20 rewards, as in the paper)
+DEFAULT_SUITE: list[tuple[str, dict]] = _default_suite()
+
+
+def _substitute(obj: Any, corpus: str) -> Any:
+    if isinstance(obj, str):
+        return corpus if obj == CORPUS else obj
+    if isinstance(obj, Mapping):
+        return {k: _substitute(v, corpus) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_substitute(v, corpus) for v in obj]
+    return obj
+
+
+def suite_specs(names: str | Sequence[Any] = "default", corpus: str | os.PathLike = "data/corpus") -> list[tuple[str, dict]]:
+    """Reward specs of the suite: ``"default"`` (all of :data:`DEFAULT_SUITE`), a list of suite names
+    (e.g. ``["per_song_fad/codec/piano", "vendi/codec"]``), or a list mixing names and explicit
+    ``(name, spec)`` pairs / spec dicts (a dict's ``name`` is its label). ``corpus`` replaces ``CORPUS``."""
+    table = dict(DEFAULT_SUITE)
+    if isinstance(names, str):
+        if names == "default":
+            items: list[Any] = [n for n, _ in DEFAULT_SUITE]
+        else:
+            items = [x.strip() for x in names.split(",") if x.strip()]
+    else:
+        items = list(names)
+    if not items:
+        raise RewardError(f"the evaluation suite is empty; give 'default' or names among: {', '.join(table)}")
+    out: list[tuple[str, dict]] = []
+    for it in items:
+        if isinstance(it, str):
+            if it not in table:
+                import difflib
+
+                close = difflib.get_close_matches(it, list(table), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise RewardError(f"unknown suite reward {it!r}{hint}; known suite rewards: {', '.join(table)}")
+            out.append((it, copy.deepcopy(table[it])))
+        elif isinstance(it, Mapping):
+            if "name" not in it:
+                raise RewardError(f"a suite entry dict needs a 'name'; got {dict(it)!r}")
+            out.append((str(it["name"]), dict(it)))
+        elif isinstance(it, (tuple, list)) and len(it) == 2 and isinstance(it[0], str):
+            spec = {"name": it[1]} if isinstance(it[1], str) else dict(it[1])
+            out.append((it[0], spec))
+        else:
+            raise RewardError(f"bad suite entry {it!r}: give a suite name, a spec dict or a (name, spec) pair")
+    labels = [n for n, _ in out]
+    dup = sorted({n for n in labels if labels.count(n) > 1})
+    if dup:
+        raise RewardError(f"suite rewards listed twice: {dup}")
+    return [(n, _substitute(s, str(corpus))) for n, s in out]
+
+
+def build_suite(specs: Sequence[tuple[str, Any]], context, skip_unavailable: bool = False):
+    """Build every ``(name, spec)`` with :func:`dragontune.rewards.registry.build_reward`.
+
+    Returns ``(rewards, skipped)``: ``rewards`` a list of ``(name, Reward)``, ``skipped`` a list of
+    ``(name, reason)``. With ``skip_unavailable`` a reward that cannot be built (an implementation or
+    encoder that is not installed, exemplars that cannot be read, ...) is logged and listed in ``skipped``
+    instead of raising; the reason is shown in the evaluation table.
+    """
+    from dragontune.rewards.registry import build_reward
+
+    rewards, skipped = [], []
+    for name, spec in specs:
+        try:
+            rewards.append((name, build_reward(spec, context)))
+        except (DragontuneError, ImportError) as e:
+            if not skip_unavailable:
+                if isinstance(e, DragontuneError):
+                    raise type(e)(f"suite reward {name!r}: {e}") from None
+                raise
+            log.warning("evaluation: suite reward %s skipped: %s", name, e)
+            skipped.append((name, f"{type(e).__name__}: {e}"))
+    return rewards, skipped
+
+
+# ----------------------------------------------------------------------------------------------------------
+# prompts
+
+
+def load_prompts(spec: str | os.PathLike, corpus: str | os.PathLike | None = None, limit: int | None = None) -> list[str]:
+    """Prompts from ``"test"``/``"val"``/``"train"`` (or ``"corpus:SPLIT"``: the distinct captions of that
+    split of ``corpus``, in corpus order) or from a text file (one prompt per line, blank lines ignored).
+    ``limit`` keeps the first ``limit``. An empty result raises :class:`DataError`."""
+    s = str(spec)
+    split = s.split(":", 1)[1] if s.startswith("corpus:") else (s if s in ("test", "val", "train") else None)
+    if split is not None:
+        if corpus is None:
+            raise DataError(f"prompts {s!r} come from a corpus split, but no corpus folder was given")
+        from dragontune.data.dataset import filter_rows, load_metadata
+
+        rows = filter_rows(load_metadata(corpus, check_files=False), {"split": [split]})
+        prompts = list(dict.fromkeys(r["caption"] for r in rows))
+        where = f"split {split!r} of corpus {str(corpus)!r}"
+    else:
+        p = Path(s)
+        if not p.is_file():
+            raise DataError(f"prompt file {s!r} does not exist; give test|val|train (corpus split) or a text file, "
+                            "one prompt per line")
+        prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        where = f"prompt file {s!r}"
+    if limit is not None:
+        if int(limit) < 1:
+            raise ConfigError(f"prompt limit {limit} must be >= 1")
+        prompts = prompts[: int(limit)]
+    if not prompts:
+        raise DataError(f"{where} holds no prompts; it needs at least one non-empty line")
+    return prompts
+
+
+def eval_seed(seed: int, i: int) -> int:
+    """Seed of held-out prompt ``i`` (equal to the DRAGON loop's ``derived_seed(seed, "eval", i)``)."""
+    return int(hashlib.sha256(f"{seed}/eval/{i}".encode()).hexdigest()[:15], 16)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _set_scorer(reward, batch) -> Callable[[np.ndarray], float]:
+    """``indices -> set score`` of ``reward`` on a sub-batch, embedding the clips only once when it can."""
+    from dragontune.rewards.base import ScoringBatch
+    from dragontune.rewards.builtin import EmbeddingReward
+
+    fn = getattr(reward, "subset_scorer", None)
+    if fn is not None:
+        return fn(batch)
+    if isinstance(reward, EmbeddingReward):
+        frames = reward.embed(batch)
+
+        def score(idx: np.ndarray) -> float:
+            sel = [int(i) for i in idx]
+            r = copy.copy(reward)  # a shallow copy whose embedding step returns the cached frames
+            r.embed = lambda _b: [frames[i] for i in sel]  # type: ignore[method-assign]
+            with torch.no_grad():
+                return r.set_score(ScoringBatch(batch.audio[:0], batch.sample_rate, [batch.prompts[i] for i in sel]))
+
+        return score
+
+    def score_slow(idx: np.ndarray) -> float:
+        sel = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        with torch.no_grad():
+            return reward.set_score(ScoringBatch(batch.audio[sel], batch.sample_rate,
+                                                 [batch.prompts[int(i)] for i in sel]))
+
+    return score_slow
+
+
+def _load_pair(baseline_path, model_path, device):
+    from dragontune.codecs import codec_from_config
+    from dragontune.models.checkpoint import T2AModel, build_net, load_model, read_model_file
+
+    base = load_model(baseline_path, device=device)
+    state, spec = read_model_file(model_path)
+    codec_b = codec_from_config(spec.codec)
+    a_id, b_id = base.codec.id, codec_b.id
+    if a_id != b_id or base.sample_rate != codec_b.sample_rate:
+        raise CheckpointError(
+            f"baseline {str(baseline_path)!r} and model {str(model_path)!r} use different codecs "
+            f"(baseline: {a_id} at {base.sample_rate} Hz; model: {b_id} at {codec_b.sample_rate} Hz); "
+            "a win rate compares clips decoded the same way: fine-tune from this baseline or compare against "
+            "the baseline the model was trained from"
+        )
+    same_text = (spec.text_encoder, spec.text_encoder_id) == (base.spec.text_encoder, base.spec.text_encoder_id)
+    net = build_net(spec, state, str(model_path))
+    model = T2AModel(net, spec, codec=base.codec, text_encoder=base.text_encoder if same_text else None, device=device)
+    return base, model
+
+
+def _generate_audio(model, prompts, seeds, sampler) -> torch.Tensor:
+    from dragontune.generate import generate_latents
+
+    lat = generate_latents(model, prompts, seeds, sampler)
+    out = []
+    bs = max(1, int(sampler.batch_size))
+    for i in range(0, lat.shape[0], bs):
+        out.append(model.decode(lat[i:i + bs].to(model.device)).cpu())
+    return torch.cat(out)
+
+
+def _pick_audio(n: int, k: int) -> list[int]:
+    if k <= 0:
+        return []
+    if k >= n:
+        return list(range(n))
+    return sorted({int(round(j * (n - 1) / (k - 1))) for j in range(k)}) if k > 1 else [0]
+
+
+def evaluate_models(
+    baseline_path: str | os.PathLike | None,
+    model_path: str | os.PathLike,
+    prompts: Sequence[str],
+    suite: str | Sequence[Any] = "default",
+    *,
+    seeds: Sequence[int] | None = None,
+    seed: int = 0,
+    sampler=None,
+    device: str = "cpu",
+    out_dir: str | os.PathLike | None = None,
+    corpus: str | os.PathLike = "data/corpus",
+    n_boot: int = 200,
+    n_audio: int = 4,
+    skip_unavailable: bool = False,
+    on_error: str = "raise",
+    cache_dir: str | os.PathLike | None = None,
+    z: float = 1.96,
+) -> dict:
+    """Win rates of ``model_path`` (B) against ``baseline_path`` (A; ``None`` = the committed baseline).
+
+    Both models generate one clip per prompt with ``seeds`` (default ``eval_seed(seed, i)``) and the same
+    ``sampler`` (a :class:`dragontune.generate.SamplerConfig`). ``suite`` is anything
+    :func:`suite_specs` accepts (names are resolved against ``corpus``). ``on_error="record"`` stores a
+    reward that fails while scoring as an error row instead of raising. With ``out_dir`` it writes
+    ``eval.json``, ``eval.md`` and ``audio/`` (``n_audio`` baseline/model pairs + ``index.json``).
+    Returns the dict written to ``eval.json``.
+    """
+    from dragontune.generate import SamplerConfig
+    from dragontune.rewards.base import ScoringBatch
+    from dragontune.rewards.registry import RewardContext
+    from dragontune.utils import resolve_device
+
+    if on_error not in ("raise", "record"):
+        raise ConfigError(f"on_error={on_error!r} must be 'raise' or 'record'")
+    prompts = [str(p) for p in prompts]
+    if not prompts or any(not p.strip() for p in prompts):
+        raise DataError("evaluation needs at least one prompt, and no prompt may be empty"
+                        if prompts else "evaluation needs at least one prompt; the prompt list is empty")
+    seeds = [int(s) for s in seeds] if seeds is not None else [eval_seed(seed, i) for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise ConfigError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    sampler = sampler or SamplerConfig()
+    specs = suite_specs(suite, corpus)
+    out = ensure_writable_dir(out_dir) if out_dir is not None else None
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    base, model = _load_pair(baseline_path, model_path, dev)
+    ctx = RewardContext(codec=base.codec, device=dev, cache_dir=cache_dir)
+    rewards, skipped = build_suite(specs, ctx, skip_unavailable=skip_unavailable)
+    t1 = time.perf_counter()
+    log.info("evaluation: generating %d clips per model (%s, %d steps)", len(prompts), sampler.sampler, sampler.steps)
+    audio_a = _generate_audio(base, prompts, seeds, sampler)
+    audio_b = _generate_audio(model, prompts, seeds, sampler)
+    t2 = time.perf_counter()
+    sr = base.sample_rate
+    batch_a = ScoringBatch(audio_a, sr, prompts)
+    batch_b = ScoringBatch(audio_b, sr, prompts)
+    spec_of = dict(specs)
+    rows = []
+    for name, reward in rewards:
+        row: dict[str, Any] = {"name": name, "reward": reward.name, "reward_class": reward.reward_class,
+                               "spec": spec_of[name]}
+        try:
+            with torch.no_grad():
+                if reward.reward_class == "dist_to_dist":
+                    fa, fb = _set_scorer(reward, batch_a), _set_scorer(reward, batch_b)
+                    full = np.arange(len(prompts))
+                    row["before"], row["after"] = float(fa(full)), float(fb(full))
+                    row["method"] = "bootstrap"
+                    bs = bootstrap_set_win_rate(lambda idx: (fa(idx), fb(idx)), len(prompts), n_boot=n_boot,
+                                                seed=seed, z=z)
+                    row.update(bs)
+                    row["n"] = len(prompts)
+                else:
+                    ra, rb = reward(batch_a), reward(batch_b)
+                    iw = instance_win_rate(ra.scores, rb.scores, z=z)
+                    row["method"] = "instance"
+                    row["before"], row["after"] = iw.pop("mean_a"), iw.pop("mean_b")
+                    row.update(iw)
+                    row["scores_before"] = [_jf(v) for v in ra.scores.tolist()]
+                    row["scores_after"] = [_jf(v) for v in rb.scores.tolist()]
+        except DragontuneError as e:
+            if on_error == "raise":
+                raise type(e)(f"suite reward {name!r}: {e}") from None
+            log.warning("evaluation: suite reward %s failed: %s", name, e)
+            row = {"name": name, "reward": reward.name, "reward_class": reward.reward_class, "spec": spec_of[name],
+                   "error": f"{type(e).__name__}: {e}"}
+        rows.append(row)
+        if "win_rate" in row:
+            log.info("evaluation: %s win rate %.3f [%.3f, %.3f]", name, row["win_rate"], row["lo"], row["hi"])
+    t3 = time.perf_counter()
+    result: dict[str, Any] = {
+        "format": EVAL_FORMAT,
+        "baseline": str(baseline_path) if baseline_path is not None else "(committed baseline)",
+        "model": str(model_path),
+        "codec": base.codec.id,
+        "sample_rate": sr,
+        "n_prompts": len(prompts),
+        "prompts": prompts,
+        "seeds": seeds,
+        "sampler": dataclasses.asdict(sampler),
+        "n_boot": int(n_boot),
+        "z": z,
+        "rewards": rows,
+        "skipped": [{"name": n, "reason": r} for n, r in skipped],
+        "time": {"load": t1 - t0, "generate": t2 - t1, "score": t3 - t2},
+    }
+    scored = [r for r in rows if "win_rate" in r and math.isfinite(r["win_rate"])]
+    result["mean_win_rate"] = float(np.mean([r["win_rate"] for r in scored])) if scored else None
+    if out is not None:
+        result["audio"] = _save_audio(out, prompts, seeds, audio_a, audio_b, sr, n_audio)
+        atomic_write_json(out / "eval.json", _json_safe(result))
+        atomic_write_text(out / "eval.md", format_eval_markdown(result))
+        log.info("evaluation written to %s", out / "eval.json")
+    return result
+
+
+def _jf(v: float) -> float | None:
+    return float(v) if math.isfinite(float(v)) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _save_audio(out: Path, prompts, seeds, audio_a, audio_b, sr, n_audio) -> dict:
+    from dragontune.audio import save_wav
+
+    d = out / "audio"
+    pairs = []
+    for k, i in enumerate(_pick_audio(len(prompts), int(n_audio))):
+        fa, fb = f"audio/{k:03d}-baseline.wav", f"audio/{k:03d}-model.wav"
+        save_wav(out / fa, audio_a[i], sr)
+        save_wav(out / fb, audio_b[i], sr)
+        pairs.append({"index": i, "prompt": prompts[i], "seed": seeds[i], "baseline": fa, "model": fb})
+    index = {"sample_rate": sr, "pairs": pairs}
+    if pairs:
+        atomic_write_json(d / "index.json", index)
+    return {"index": "audio/index.json" if pairs else None, "pairs": pairs}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tables
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def _table_rows(result: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in result.get("rewards", []):
+        if "error" in r:
+            rows.append([r["name"], r.get("reward_class", ""), "-", "error", "-", "-", r["error"][:80]])
+            continue
+        wr = r.get("win_rate")
+        win = "-" if wr is None or not math.isfinite(wr) else f"{100 * wr:.1f}%"
+        ci = "-" if wr is None else f"[{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
+        if r.get("method") == "bootstrap":
+            note = (f"bootstrap {r.get('n_boot')}x; diff [{_fmt(r.get('diff_lo'))}, {_fmt(r.get('diff_hi'))}]")
+        else:
+            note = f"ties {r.get('ties', 0)}" + (f", NaN {r['nan_dropped']}" if r.get("nan_dropped") else "")
+        rows.append([r["name"], r.get("reward_class", ""), str(r.get("n", "-")), win, ci,
+                     f"{_fmt(r.get('before'))} -> {_fmt(r.get('after'))}", note])
+    for s in result.get("skipped", []):
+        rows.append([s["name"], "-", "-", "skipped", "-", "-", s["reason"][:80]])
+    return rows
+
+
+_HEAD = ["reward", "class", "n", "win rate", "95% CI", "before -> after", "notes"]
+
+
+def format_eval_table(result: Mapping[str, Any]) -> str:
+    """Plain-text table of an evaluation result (for the terminal)."""
+    rows = [_HEAD] + _table_rows(result)
+    w = [max(len(r[j]) for r in rows) for j in range(len(_HEAD))]
+    line = lambda r: "  ".join(c.ljust(w[j]) for j, c in enumerate(r)).rstrip()  # noqa: E731
+    out = [f"model {result.get('model')} vs baseline {result.get('baseline')}: "
+           f"{result.get('n_prompts')} prompts, same seeds", line(rows[0]), "-" * (sum(w) + 2 * (len(w) - 1))]
+    out += [line(r) for r in rows[1:]]
+    m = result.get("mean_win_rate")
+    if m is not None:
+        out.append(f"mean win rate over {sum(1 for r in result.get('rewards', []) if 'win_rate' in r)} rewards: "
+                   f"{100 * m:.1f}%")
+    return "\n".join(out)
+
+
+def format_eval_markdown(result: Mapping[str, Any]) -> str:
+    """Markdown version of :func:`format_eval_table` (written to ``eval.md``)."""
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "# Win rates: fine-tuned vs baseline", "",
+        f"- model: `{result.get('model')}`", f"- baseline: `{result.get('baseline')}`",
+        f"- prompts: {result.get('n_prompts')} (one clip per prompt and model, same seeds and sampler)",
+        f"- sampler: {(result.get('sampler') or {}).get('sampler')}, {(result.get('sampler') or {}).get('steps')} steps",
+        "- win rate: share of prompts where the fine-tuned clip scores higher (ties count 1/2), Wilson 95% "
+        "interval; set rewards: share of bootstrap resamples of the prompts (see docs/evaluation.md)", "",
+        "| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD),
+    ]
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in _table_rows(result)]
+    m = result.get("mean_win_rate")
+    if m is not None:
+        lines += ["", f"Mean win rate: {100 * m:.1f}%"]
+    return "\n".join(lines) + "\n"
