@@ -1,0 +1,209 @@
+"""The HTML report: generation from a hand-written run directory, missing inputs, and a headless-browser check."""
+
+import base64
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from dragontune.audio import save_wav
+from dragontune.report import write_report
+
+SR = 16000
+
+
+def _tone(f, seconds=0.5):
+    t = torch.arange(int(SR * seconds)) / SR
+    return (0.3 * torch.sin(2 * math.pi * f * t))[None]
+
+
+def make_run(root, rounds=6, with_eval=True, with_demos=True):
+    """A small but complete run directory in the layout of dragontune.dragon.loop + dragontune.evaluate."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(
+        "out_dir: runs/x\nbaseline: ''\nrounds: %d\nloss: dpo\nbuilder: paired\nbeta: 5000.0\n"
+        "k_per_prompt: 4\nprompts_per_round: 2\nreward:\n  name: per_song_fad\n  encoder: codec\n"
+        "  exemplars: {corpus: data/corpus, filter: 'instrument=piano,quality=clean'}\n"
+        "watch:\n- {name: vendi, encoder: codec}\noptim:\n  lr: 3.0e-06\nsampler:\n  steps: 8\n" % rounds)
+    (root / "batch_arithmetic.json").write_text(json.dumps(
+        {"reward": "per_song_fad", "reward_class": "instance_to_dist", "samples_per_round": 8, "processes": 1}))
+    lines = [{"round": 0, "eval/per_song_fad": -5.0, "eval/vendi": 3.0}]
+    for r in range(1, rounds + 1):
+        rec = {"round": r, "reward": -5.0 + 0.2 * r, "watch/vendi": 3.0 - 0.05 * r, "n_nan_dropped": 0,
+               "skipped_rounds": 0, "train/loss": 0.69 - 0.02 * r, "train/implicit_acc": 0.5 + 0.04 * r,
+               "train/A_pos": -0.001 * r, "train/A_neg": 0.001 * r, "train/grad_norm": 1.0 + 0.1 * r,
+               "train/margin": 0.002 * r, "demo/n_pairs": 2, "demo/score_gap": 0.3,
+               "time/generate": 1.0, "time/score": 0.2, "time/train": 0.5, "ref_unchanged": True}
+        if r % 3 == 0:
+            rec.update({"eval/per_song_fad": -5.0 + 0.15 * r, "eval/vendi": 3.0 - 0.04 * r})
+        lines.append(rec)
+    (root / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if with_demos:
+        (root / "demos").mkdir(exist_ok=True)
+        for r in range(1, rounds + 1):
+            rows = []
+            for j in range(8):
+                label = 1 if j % 4 == 0 else (-1 if j % 4 == 3 else 0)
+                rows.append({"index": j, "prompt": f"p{j // 4}", "seed": 100 * r + j,
+                             "source": "reference" if j == 5 else "policy", "steps": 8,
+                             "reward": -5.0 + 0.1 * j, "credit": None, "label": label,
+                             "pair": (j // 4) if label else None})
+            (root / "demos" / f"round-{r:04d}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    if with_eval:
+        ev_dir = root / "eval"
+        pairs = []
+        prompts = ["a calm piano melody", "fast drums <b>&amp; 'quotes'"]
+        for k, p in enumerate(prompts):
+            fa, fb = f"audio/{k:03d}-baseline.wav", f"audio/{k:03d}-model.wav"
+            save_wav(ev_dir / fa, _tone(220 * (k + 1)), SR)
+            save_wav(ev_dir / fb, _tone(330 * (k + 1)), SR)
+            pairs.append({"index": k, "prompt": p, "seed": 7 + k, "baseline": fa, "model": fb})
+        (ev_dir / "audio" / "index.json").write_text(json.dumps({"sample_rate": SR, "pairs": pairs}))
+        ev = {
+            "format": "dragontune-eval-1", "baseline": "base.safetensors", "model": str(root / "model.safetensors"),
+            "n_prompts": 20, "n_boot": 200, "prompts": prompts, "seeds": [7, 8],
+            "rewards": [
+                {"name": "per_song_fad/codec/piano", "reward_class": "instance_to_dist", "method": "instance",
+                 "win_rate": 0.75, "lo": 0.53, "hi": 0.89, "n": 20, "ties": 0, "nan_dropped": 0,
+                 "before": -5.0, "after": -4.2},
+                {"name": "vendi/codec", "reward_class": "dist_to_dist", "method": "bootstrap", "win_rate": 0.3,
+                 "lo": 0.24, "hi": 0.37, "n": 20, "n_boot": 200, "diff_lo": -0.4, "diff_hi": 0.1,
+                 "before": 3.0, "after": 2.8},
+                {"name": "clap_score", "reward_class": "instance", "error": "RewardError: boom"},
+            ],
+            "skipped": [{"name": "aesthetics", "reason": "RewardError: not available"}],
+            "audio": {"index": "audio/index.json", "pairs": pairs}, "mean_win_rate": 0.525,
+        }
+        (ev_dir / "eval.json").write_text(json.dumps(ev))
+    return root
+
+
+def test_report_sections_and_self_contained(tmp_path):
+    run = make_run(tmp_path / "run")
+    out = write_report(run)
+    assert out == run / "report.html"
+    page = out.read_text()
+    # no external resources: every src/href is a data URI (or an in-page anchor)
+    for attr in re.findall(r'(?:src|href)="([^"]*)"', page):
+        assert attr.startswith("data:") or attr.startswith("#"), attr[:80]
+    assert "http://" not in page and "https://" not in page
+    # sections and content
+    for needle in ("Configuration", "per_song_fad", "Reward curves", "Win rates", "75.0%", "[53.0%, 89.0%]",
+                   "vendi/codec", "skipped: RewardError: not available", "error: RewardError: boom",
+                   "D+ / D−", "implicit accuracy", "a calm piano melody", "seed 7", "52.5%"):
+        assert needle in page, needle
+    # captions are escaped
+    assert "fast drums &lt;b&gt;&amp;amp; &#x27;quotes&#x27;" in page
+    imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(imgs) >= 3
+    for b in imgs:
+        assert base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n"
+    auds = re.findall(r'src="data:audio/wav;base64,([^"]+)"', page)
+    assert len(auds) == 4
+    import io
+
+    import soundfile as sf
+
+    x, sr = sf.read(io.BytesIO(base64.b64decode(auds[0])))
+    assert sr == SR and x.shape[0] == SR // 2
+    # demonstration counts from the demos files: 6 rounds x 8 samples, 2 in D+ and 2 in D- per round
+    assert "48 samples: 12 in D+, 12 in D−, 24 unused; 6 from the frozen reference (0 of them in D+)" in page
+
+
+def test_report_missing_inputs_are_stated(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    page = write_report(empty).read_text()
+    assert "No config.yaml" in page and "No metrics" in page and "No evaluation found" in page
+    assert "No audio examples" in page and "No demonstration files" in page
+    # metrics but no eval/audio, and a malformed metrics line
+    run = make_run(tmp_path / "run", with_eval=False, with_demos=False)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("{not json\n")
+    page = write_report(run).read_text()
+    assert "No evaluation found" in page and "not valid JSON" in page and "Reward curves" in page
+    assert page.count("data:image/png") >= 2
+    # eval.json whose audio files are gone
+    run2 = make_run(tmp_path / "run2")
+    for f in (run2 / "eval" / "audio").glob("*.wav"):
+        f.unlink()
+    page = write_report(run2).read_text()
+    assert "is missing" in page and "data:audio" not in page
+    from dragontune.errors import DataError
+
+    with pytest.raises(DataError, match="does not exist"):
+        write_report(tmp_path / "nope")
+
+
+def _chromium():
+    for c in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"),
+              shutil.which("google-chrome")):
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+CHECK_SCRIPT = """<script>
+window.__errs = [];
+window.addEventListener('error', function (e) {
+  var t = e.target;
+  window.__errs.push(t && t.tagName ? (t.tagName + ' failed to load') : ('error: ' + e.message));
+}, true);
+['error', 'warn'].forEach(function (k) {
+  var orig = console[k];
+  console[k] = function () { window.__errs.push('console.' + k + ': ' + Array.prototype.join.call(arguments, ' ')); orig.apply(console, arguments); };
+});
+var __tries = 0;
+function __report(done) {
+  var imgs = Array.prototype.slice.call(document.images);
+  var auds = Array.prototype.slice.call(document.querySelectorAll('audio'));
+  var res = {
+    images: imgs.length, images_ok: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+    audio: auds.length, audio_ok: auds.filter(function (a) { return a.readyState >= 1 && !a.error && a.duration > 0; }).length,
+    durations: auds.map(function (a) { return a.duration; }), errors: window.__errs, done: done
+  };
+  return res;
+}
+function __check() {
+  var r = __report(false);
+  if ((r.images_ok === r.images && r.audio_ok === r.audio) || __tries++ > 100) {
+    r.done = true;
+    document.body.setAttribute('data-check', JSON.stringify(r));
+  } else { setTimeout(__check, 50); }
+}
+window.addEventListener('load', function () { setTimeout(__check, 0); });
+</script>"""
+
+
+def test_report_loads_in_headless_chromium(tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium); browser check skipped")
+    run = make_run(tmp_path / "run")
+    page = write_report(run).read_text()
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.replace("<head>", "<head>" + CHECK_SCRIPT, 1))
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
+           "--enable-logging=stderr", "--v=0", "--autoplay-policy=no-user-gesture-required",
+           "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = re.search(r"data-check=\"([^\"]*)\"", p.stdout)
+    assert m, "the check script did not finish; stderr tail:\n" + p.stderr[-2000:]
+    import html as _html
+
+    res = json.loads(_html.unescape(m.group(1)))
+    assert res["done"] and res["errors"] == [], res
+    assert res["images"] >= 3 and res["images_ok"] == res["images"], res
+    assert res["audio"] == 4 and res["audio_ok"] == 4, res
+    assert all(abs(d - 0.5) < 0.01 for d in res["durations"]), res
+    # the page itself logs nothing to the console (no script of its own, no failed resource)
+    console = [ln for ln in p.stderr.splitlines() if "CONSOLE" in ln]
+    assert console == [], console
