@@ -23,7 +23,6 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -342,7 +341,7 @@ def _events(params: dict, rng: np.random.Generator) -> list[dict]:
         if inst in ("pluck", "piano", "bass", "bell"):
             u = k / max(1, n_steps - 1)
             shape = {"ascending": u, "descending": 1 - u, "arch": 1 - abs(2 * u - 1), "valley": abs(2 * u - 1), "static": 0.5}[contour]
-            deg = int(round(span * shape)) + (0 if contour != "static" else 0)
+            deg = int(round(span * shape))
             snap_all = inst in ("pluck", "bass")
             if contour != "static" and (snap_all or sub == 0):
                 tones = [chord + o for o in (-7, -5, -3, 0, 2, 4, 7, 9, 11)]
@@ -350,9 +349,6 @@ def _events(params: dict, rng: np.random.Generator) -> list[dict]:
             ev["midi"] = _degree_midi(deg, base, params["mode"])
         out.append(ev)
     return out
-
-
-_KS_CACHE: dict = {}
 
 
 def _karplus_strong(f0: float, n: int, sr: int, burst: np.ndarray, decay: float) -> np.ndarray:
