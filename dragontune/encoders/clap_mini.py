@@ -1,0 +1,520 @@
+"""``clap-mini``: a small contrastive text-audio model (CLAP-style) trained on the embedded corpus.
+
+Audio tower: mono 16 kHz -> log-mel (64 Slaney bands, n_fft 1024, hop 256; :class:`LogMelCodec`'s
+``log_mel``) -> per-band standardisation (train-set statistics stored with the weights) -> four 1-D
+convolutions over time (mel bands as channels, stride 2 each) -> one transformer layer over the
+16 remaining steps -> mean and max over time -> linear -> 256-d, L2-normalised.
+Text tower: frozen all-MiniLM-L6-v2 (:func:`dragontune.text.build_text_encoder`), mean of the token
+states, L2-normalised -> trainable 2-layer projection -> 256-d, L2-normalised.
+Training: symmetric InfoNCE with a learnable temperature (:func:`train_clap`).
+
+Windowing (:class:`ClapMiniEncoder`): windows of the training clip length (4 s = 64000 samples) with a
+hop of 2 s, starting at 0; a trailing partial window is dropped; one 256-d frame per window. Clips
+shorter than one window raise :class:`EncoderError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dragontune.audio import resample, validate_audio
+from dragontune.codecs import LogMelCodec
+from dragontune.encoders.base import Encoder
+from dragontune.errors import CheckpointError, ConfigError, DataError, EncoderError
+from dragontune.utils import load_safetensors, log, save_safetensors_atomic, sha256_file
+
+__all__ = [
+    "ClapMiniConfig",
+    "ClapMiniModel",
+    "ClapMiniEncoder",
+    "default_clap_mini_path",
+    "load_clap_mini",
+    "train_clap",
+    "retrieval_metrics",
+    "TRAIN_COMMAND",
+]
+
+#: how the committed checkpoint is (re)built
+TRAIN_COMMAND = "dragontune train-clap --corpus data/corpus --out dragontune/assets/clap_mini.safetensors"
+
+
+def default_clap_mini_path() -> Path:
+    """``dragontune/assets/clap_mini.safetensors`` inside the installed package."""
+    return Path(__file__).resolve().parent.parent / "assets" / "clap_mini.safetensors"
+
+
+@dataclasses.dataclass
+class ClapMiniConfig:
+    """Architecture and front-end of clap-mini (stored in the checkpoint metadata)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 64
+    #: window length in log-mel frames (125 x 256 samples = 2.0 s at 16 kHz); training crops this length
+    window_frames: int = 125
+    #: encoder window hop in frames (31 x 256 samples = 0.496 s): a 4 s clip gives 5 windows
+    hop_frames: int = 31
+    channels: int = 96
+    embed_dim: int = 256
+    text_dim: int = 384
+    text_hidden: int = 512
+    heads: int = 4
+    dropout: float = 0.1
+
+    @property
+    def window_samples(self) -> int:
+        return self.window_frames * self.hop_length
+
+    @property
+    def hop_samples(self) -> int:
+        return self.hop_frames * self.hop_length
+
+    def codec(self) -> LogMelCodec:
+        return LogMelCodec(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels)
+
+
+def _conv_out(n: int) -> int:
+    """Length after a stride-2, kernel-5, padding-2 convolution."""
+    return (n + 4 - 5) // 2 + 1
+
+
+class AudioTower(nn.Module):
+    """Standardised log-mel ``[B, n_mels, frames]`` -> ``[B, embed_dim]`` (not normalised)."""
+
+    def __init__(self, cfg: ClapMiniConfig):
+        super().__init__()
+        c = cfg.channels
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv1d(cfg.n_mels, c, 5, stride=2, padding=2),
+                nn.Conv1d(c, c, 5, stride=2, padding=2),
+                nn.Conv1d(c, 2 * c, 5, stride=2, padding=2),
+                nn.Conv1d(2 * c, 2 * c, 5, stride=2, padding=2),
+            ]
+        )
+        self.norms = nn.ModuleList([nn.BatchNorm1d(c), nn.BatchNorm1d(c), nn.BatchNorm1d(2 * c), nn.BatchNorm1d(2 * c)])
+        steps = _conv_out(_conv_out(_conv_out(_conv_out(cfg.window_frames))))
+        self.pos = nn.Parameter(torch.zeros(1, steps, 2 * c))
+        self.attn = nn.TransformerEncoderLayer(
+            d_model=2 * c, nhead=cfg.heads, dim_feedforward=4 * c, dropout=cfg.dropout, batch_first=True, norm_first=True
+        )
+        self.out = nn.Linear(4 * c, cfg.embed_dim)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = mel
+        for conv, bn in zip(self.convs, self.norms):
+            x = F.gelu(bn(conv(x)))
+        x = x.transpose(1, 2) + self.pos  # [B, steps, 2c]
+        x = self.attn(x)
+        return self.out(torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=1))
+
+
+class TextProjection(nn.Module):
+    """Normalised mean-pooled MiniLM states ``[B, text_dim]`` -> ``[B, embed_dim]`` (not normalised)."""
+
+    def __init__(self, cfg: ClapMiniConfig):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.text_hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.text_hidden, cfg.embed_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ClapMiniModel(nn.Module):
+    """Both towers, the mel standardisation buffers and the learnable log inverse temperature."""
+
+    def __init__(self, cfg: ClapMiniConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.audio = AudioTower(cfg)
+        self.text = TextProjection(cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.register_buffer("mel_mean", torch.zeros(cfg.n_mels))
+        self.register_buffer("mel_std", torch.ones(cfg.n_mels))
+
+    def audio_embed(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log-mel windows ``[B, n_mels, window_frames]`` -> unit vectors ``[B, embed_dim]``."""
+        x = (log_mel - self.mel_mean[:, None]) / self.mel_std[:, None]
+        return F.normalize(self.audio(x), dim=-1)
+
+    def text_embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled MiniLM states ``[B, text_dim]`` -> unit vectors ``[B, embed_dim]``."""
+        return F.normalize(self.text(F.normalize(pooled, dim=-1)), dim=-1)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean of token states: ``[B, L, D]``, ``[B, L]`` -> ``[B, D]``."""
+    m = mask.to(hidden.dtype)[..., None]
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoint
+
+
+def _config_from_meta(meta: dict, path: Path) -> ClapMiniConfig:
+    raw = meta.get("config")
+    if raw is None:
+        raise CheckpointError(f"{str(path)!r} has no 'config' in its metadata; it is not a clap-mini checkpoint")
+    try:
+        cfg_dict = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        return ClapMiniConfig(**cfg_dict)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{str(path)!r}: clap-mini config in metadata is invalid ({e}); retrain with `{TRAIN_COMMAND}`") from None
+
+
+def load_clap_mini(path: str | os.PathLike | None = None) -> tuple[ClapMiniModel, dict]:
+    """Load a clap-mini checkpoint (default: the packaged one) -> (model in eval mode, metadata dict)."""
+    p = Path(path) if path is not None else default_clap_mini_path()
+    if not p.is_file():
+        raise EncoderError(
+            f"clap-mini weights {str(p)!r} not found; train them with `{TRAIN_COMMAND}` "
+            "(or dragontune.encoders.clap_mini.train_clap) or pass weights=<path to a clap-mini .safetensors>"
+        )
+    tensors, meta = load_safetensors(p)
+    meta = dict(meta or {})
+    if meta.get("format") != "dragontune-clap-mini-v1":
+        raise CheckpointError(f"{str(p)!r} is not a clap-mini checkpoint (format {meta.get('format')!r})")
+    cfg = _config_from_meta(meta, p)
+    model = ClapMiniModel(cfg)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{str(p)!r} does not match the clap-mini architecture in its config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; retrain with `{TRAIN_COMMAND}`"
+        )
+    for k, v in tensors.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{str(p)!r}: tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    return model, meta
+
+
+# ----------------------------------------------------------------------------------------------------------
+# encoder
+
+
+class ClapMiniEncoder(Encoder):
+    """clap-mini as a cross-modal :class:`Encoder`: one 256-d frame per 4 s window (hop 2 s); text too.
+
+    ``weights``: a clap-mini ``.safetensors`` (default: ``dragontune/assets/clap_mini.safetensors``).
+    ``text_encoder``: the frozen text encoder spec the checkpoint was trained with (default ``"minilm"``).
+    Weights and the text encoder load on first use.
+    """
+
+    name = "clap-mini"
+    cross_modal = True
+
+    def __init__(self, weights: str | os.PathLike | None = None, text_encoder: str = "minilm", device: str | torch.device = "cpu"):
+        self.weights = Path(weights) if weights is not None else default_clap_mini_path()
+        self.text_spec = str(text_encoder)
+        self.device = torch.device(device)
+        cfg = ClapMiniConfig()
+        self.sample_rate = cfg.sample_rate
+        self.dim = cfg.embed_dim
+        self.min_samples = cfg.window_samples
+        self._model: ClapMiniModel | None = None
+        self._meta: dict | None = None
+        self._codec: LogMelCodec | None = None
+        self._text: Any = None
+        self._id: str | None = None
+
+    def _load(self) -> ClapMiniModel:
+        if self._model is None:
+            model, meta = load_clap_mini(self.weights)
+            cfg = model.cfg
+            self.sample_rate, self.dim, self.min_samples = cfg.sample_rate, cfg.embed_dim, cfg.window_samples
+            self._codec = cfg.codec()
+            self._meta = meta
+            self._model = model.to(self.device)
+        return self._model
+
+    @property
+    def config(self) -> ClapMiniConfig:
+        return self._load().cfg
+
+    @property
+    def metadata(self) -> dict:
+        self._load()
+        assert self._meta is not None
+        return self._meta
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            if not self.weights.is_file():
+                self._load()  # raises the EncoderError naming the path and the training command
+            cfg = self.config
+            self._id = (
+                f"clap-mini:sr{cfg.sample_rate}:win{cfg.window_samples}:hop{cfg.hop_samples}:text-{self.text_spec}:"
+                f"weights-sha256-{sha256_file(self.weights)[:16]}"
+            )
+        return self._id
+
+    def log_mel_windows(self, audio: torch.Tensor, sample_rate: int) -> list[torch.Tensor]:
+        """``audio[B, C, T]`` -> B stacks of log-mel windows ``[windows, n_mels, window_frames]``."""
+        if not isinstance(audio, torch.Tensor) or audio.dim() != 3:
+            shape = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
+            raise EncoderError(f"encoder {self.name!r} expects audio [B, C, T], got {shape}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise EncoderError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        if audio.shape[1] == 0:
+            raise EncoderError(f"encoder {self.name!r} got audio with 0 channels (shape {tuple(audio.shape)})")
+        model = self._load()
+        cfg = model.cfg
+        if audio.shape[0] == 0:
+            return []
+        self.check_length(audio, sample_rate)
+        validate_audio(audio, f"audio given to the {self.name} encoder")
+        x = audio.detach().to("cpu", torch.float32).mean(dim=1, keepdim=True)
+        x = resample(x, int(sample_rate), cfg.sample_rate)
+        W, H = cfg.window_samples, cfg.hop_samples
+        if x.shape[-1] < W:  # resampling rounded a borderline clip below one window
+            self.check_length(x, cfg.sample_rate)
+        starts = range(0, x.shape[-1] - W + 1, H)
+        assert self._codec is not None
+        out = []
+        for b in range(x.shape[0]):
+            wins = torch.stack([x[b, :, s : s + W] for s in starts])  # [n, 1, W]
+            out.append(self._codec.log_mel(wins)[..., : cfg.window_frames])
+        return out
+
+    def embed_audio(self, audio: torch.Tensor, sample_rate: int) -> list[torch.Tensor]:
+        """``audio[B, C, T]`` -> B tensors ``[windows, 256]`` (unit norm, float32, CPU); clips run one by one."""
+        wins = self.log_mel_windows(audio, sample_rate)
+        model = self._load()
+        with torch.no_grad():
+            return [model.audio_embed(w.to(self.device)).cpu().contiguous() for w in wins]
+
+    def pooled_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Mean-pooled frozen text-encoder states ``[B, text_dim]`` (cached per prompt by the text encoder)."""
+        if self._text is None:
+            from dragontune.text import build_text_encoder
+
+            self._text = build_text_encoder(self.text_spec)
+        hidden, mask = self._text.encode(list(texts))
+        return mean_pool(hidden, mask)
+
+    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> ``[B, 256]`` unit vectors (float32, CPU); each prompt projected on its own."""
+        model = self._load()
+        if isinstance(texts, str):
+            raise EncoderError("embed_text expects a sequence of prompts, got a single string; wrap it in a list")
+        try:
+            pooled = self.pooled_text(texts)
+        except DataError as e:
+            raise EncoderError(f"clap-mini cannot embed these texts: {e}") from None
+        with torch.no_grad():
+            rows = [model.text_embed(pooled[i : i + 1].to(self.device)) for i in range(pooled.shape[0])]
+        return torch.cat(rows).cpu()
+
+
+def _clap_mini_factory(context: Any, **kwargs: Any) -> Encoder:
+    if "device" not in kwargs and getattr(context, "device", None) is not None:
+        kwargs["device"] = context.device
+    return ClapMiniEncoder(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training
+
+
+def retrieval_metrics(audio_emb: torch.Tensor, text_emb: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Recall@k both ways for paired unit vectors ``[N, d]`` (item i matches item i), plus chance levels.
+
+    Ties count against the query (a target ranks below every candidate with an equal or higher score).
+    """
+    sim = text_emb.to(torch.float64) @ audio_emb.to(torch.float64).T  # [text, audio]
+    n = sim.shape[0]
+    out: dict[str, float] = {"n": float(n)}
+    for name, s in (("text_to_audio", sim), ("audio_to_text", sim.T)):
+        diag = s.diagonal()[:, None]
+        rank = (s >= diag).sum(dim=1) - 1  # 0 = best; other candidates scoring >= the target rank above it
+        for k in ks:
+            out[f"{name}_r@{k}"] = float((rank < k).double().mean())
+        out[f"{name}_median_rank"] = float(rank.double().median() + 1)
+    for k in ks:
+        out[f"chance_r@{k}"] = min(1.0, k / n)
+    return out
+
+
+def _load_corpus_features(corpus_dir: Path, cfg: ClapMiniConfig, splits: Sequence[str], duration: float) -> dict[str, Any]:
+    """Whole-clip log-mels ``[N, n_mels, frames]`` (clips cropped/padded to ``duration``) and captions per split."""
+    from dragontune.data.dataset import AudioCaptionDataset
+
+    codec = cfg.codec()
+    out: dict[str, Any] = {}
+    for split in splits:
+        ds = AudioCaptionDataset(corpus_dir, sample_rate=cfg.sample_rate, duration=duration, split=split)
+        if len(ds) == 0:
+            raise DataError(f"corpus {str(corpus_dir)!r} has no clips in split {split!r}")
+        mels = [codec.log_mel(ds[i]["audio"][None])[0] for i in range(len(ds))]
+        out[split] = (torch.stack(mels), ds.captions)
+    return out
+
+
+def train_clap(
+    corpus_dir: str | os.PathLike = "data/corpus",
+    out_path: str | os.PathLike | None = None,
+    steps: int = 600,
+    batch: int = 128,
+    seed: int = 0,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    warmup: int = 100,
+    gain_db: float = 6.0,
+    time_mask: int = 16,
+    eval_split: str = "test",
+    duration: float = 4.0,
+    text_encoder: str = "minilm",
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train clap-mini on the ``train`` split of a captioned corpus; write the checkpoint; return metrics.
+
+    ``corpus_dir``: a corpus folder with a ``split`` column (e.g. from ``dragontune synth``); clips are
+    cropped/padded to ``duration`` seconds and each step takes one random 2 s window of each clip. ``out_path``: the ``.safetensors`` to write (default: the packaged asset path).
+    ``steps``/``batch``/``lr``/``weight_decay``/``warmup``: AdamW with linear warm-up and cosine decay.
+    ``gain_db``: random gain augmentation (uniform in +-gain_db, applied to the log-mel). ``time_mask``:
+    width in frames of one random zeroed time band per clip (0 = off). ``eval_split``: split on which
+    recall@k is reported (text->audio and audio->text, with chance level). ``threads``: torch intra-op
+    threads for the run (default: leave as is). Deterministic for a given seed and thread count.
+    """
+    from dragontune.text import build_text_encoder
+
+    t_start = time.perf_counter()
+    corpus = Path(corpus_dir)
+    out = Path(out_path) if out_path is not None else default_clap_mini_path()
+    if int(steps) < 1 or int(batch) < 2:
+        raise ConfigError(f"train_clap needs steps >= 1 and batch >= 2, got steps={steps}, batch={batch}")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    cfg = ClapMiniConfig()
+    feats = _load_corpus_features(corpus, cfg, ["train", eval_split], duration)
+    mel_tr, cap_tr = feats["train"]
+    mel_ev, cap_ev = feats[eval_split]
+    if mel_tr.shape[-1] < cfg.window_frames:
+        raise ConfigError(f"duration={duration} s gives {mel_tr.shape[-1]} frames, fewer than the {cfg.window_frames}-frame window")
+    if len(cap_tr) < batch:
+        raise DataError(f"train split of {str(corpus)!r} has {len(cap_tr)} clips, fewer than batch={batch}; lower batch")
+    log.info("clap-mini: %d train clips, %d %s clips (features in %.1f s)", len(cap_tr), len(cap_ev), eval_split, time.perf_counter() - t_start)
+
+    text = build_text_encoder(text_encoder)
+    with torch.no_grad():
+        txt_tr = torch.cat([mean_pool(*text.encode(cap_tr[i : i + 256])) for i in range(0, len(cap_tr), 256)])
+        txt_ev = torch.cat([mean_pool(*text.encode(cap_ev[i : i + 256])) for i in range(0, len(cap_ev), 256)])
+    cfg = dataclasses.replace(cfg, text_dim=int(txt_tr.shape[1]))
+
+    torch.manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(int(seed))
+    model = ClapMiniModel(cfg)
+    model.mel_mean.copy_(mel_tr.mean(dim=(0, 2)))
+    model.mel_std.copy_(mel_tr.std(dim=(0, 2)).clamp(min=1e-3))
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and n != "audio.pos"]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and n != "audio.pos")]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    n = len(cap_tr)
+    order = torch.randperm(n, generator=gen)
+    pos = 0
+    it: Any = range(int(steps))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="train clap-mini", unit="step")
+    losses = []
+    model.train()
+    ln10 = math.log(10.0)
+    for step in it:
+        if pos + batch > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos : pos + batch]
+        pos += batch
+        off = torch.randint(0, mel_tr.shape[-1] - cfg.window_frames + 1, (batch,), generator=gen)
+        mel = torch.stack([mel_tr[i, :, o : o + cfg.window_frames] for i, o in zip(idx.tolist(), off.tolist())])
+        if gain_db > 0:  # gain g on the waveform scales the magnitude: log-mel shifts by ln(g) (above the floor)
+            g = (torch.rand(batch, 1, 1, generator=gen) * 2 - 1) * gain_db / 20 * ln10
+            mel = mel + g
+        if time_mask > 0:
+            start = torch.randint(0, cfg.window_frames - time_mask, (batch,), generator=gen)
+            t = torch.arange(cfg.window_frames)[None]
+            m = (t >= start[:, None]) & (t < start[:, None] + time_mask)
+            mel = torch.where(m[:, None, :], model.mel_mean[None, :, None], mel)
+        for grp in opt.param_groups:
+            grp["lr"] = lr_at(step)
+        a = model.audio_embed(mel)
+        tx = model.text_embed(txt_tr[idx])
+        scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
+        logits = scale * tx @ a.T
+        temp = 1 / float(scale.detach())
+        target = torch.arange(batch)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress and step % 20 == 0:
+            it.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", temp=f"{temp:.4f}")
+        if step % 100 == 0 or step == steps - 1:
+            log.info("clap-mini step %d loss %.4f temperature %.4f", step, losses[-1], temp)
+    model.eval()
+    with torch.no_grad():  # clip vector = normalised mean of the window embeddings, as ClapMiniEncoder gives
+        a_ev = torch.stack([F.normalize(model.audio_embed(clip_windows(m, cfg)).mean(0), dim=0) for m in mel_ev])
+        t_ev = model.text_embed(txt_ev)
+    metrics = retrieval_metrics(a_ev, t_ev)
+    metrics["eval_split"] = eval_split
+    metrics["final_loss"] = sum(losses[-20:]) / len(losses[-20:])
+    metrics["temperature"] = float(1 / model.logit_scale.detach().clamp(max=math.log(100.0)).exp())
+    metrics["train_clips"] = n
+    metrics["train_seconds"] = time.perf_counter() - t_start
+    options = dict(
+        corpus_dir=str(corpus), steps=int(steps), batch=int(batch), seed=int(seed), lr=lr, weight_decay=weight_decay,
+        warmup=warmup, gain_db=gain_db, time_mask=time_mask, eval_split=eval_split, duration=duration, text_encoder=text_encoder,
+        threads=torch.get_num_threads(),
+    )
+    meta = {
+        "format": "dragontune-clap-mini-v1",
+        "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+        "training": json.dumps(options, sort_keys=True),
+        "command": TRAIN_COMMAND + f" --steps {steps} --batch {batch} --seed {seed}",
+        "metrics": json.dumps(metrics, sort_keys=True),
+        "text_encoder": text.id,
+    }
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_safetensors_atomic(state, out, meta)
+    log.info("clap-mini: wrote %s; %s", out, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+    return metrics
+
+
+def _register() -> None:
+    from dragontune.encoders.registry import _ENCODERS, register_encoder
+
+    if "clap-mini" not in _ENCODERS:
+        register_encoder("clap-mini", _clap_mini_factory)
+
+
+_register()

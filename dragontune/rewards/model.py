@@ -1,0 +1,229 @@
+"""Model-based instance rewards: ``clap_score``, ``tag_score`` and ``aesthetics``.
+
+- ``clap_score``: cosine between a clip's audio embedding (mean of its frames, L2-normalised) and its
+  prompt's text embedding, for any cross-modal encoder (default ``clap-mini``).
+- ``tag_score``: a text-audio score from real pretrained models. The prompt is embedded with MiniLM
+  (mean-pooled, normalised) and compared with each musicnn tag name; the weights
+  ``softmax(cos(prompt, tag) / temperature)`` (optionally over the ``top_k`` most similar tags only) average
+  the clip's musicnn tag probabilities. Negated tags ("no vocals", ...) are left out: their names are
+  similar to the very prompts they contradict.
+- ``aesthetics``: the predicted 1-5 rating of :mod:`dragontune.aesthetics` (default: the packaged predictor).
+
+A clip that cannot be scored (too short, non-finite audio, empty prompt) gets NaN and a warning; a
+configuration problem (audio-only encoder for clap_score, missing weights) raises.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from dragontune.audio import validate_audio
+from dragontune.encoders.base import Encoder
+from dragontune.errors import AudioError, ConfigError, DataError, EncoderError, RewardError
+from dragontune.rewards.base import Reward, RewardResult, ScoringBatch
+from dragontune.rewards.registry import RewardContext, _take, register_reward
+from dragontune.utils import log
+
+__all__ = ["ClapScoreReward", "TagScoreReward", "AestheticsReward"]
+
+
+def _check_batch(name: str, batch: ScoringBatch) -> None:
+    audio = batch.audio
+    if not isinstance(audio, torch.Tensor) or audio.dim() != 3:
+        shape = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
+        raise AudioError(f"reward {name!r} expects audio [N, C, T]; got {shape}")
+    if audio.shape[0] != len(batch.prompts):
+        raise RewardError(f"reward {name!r}: batch has {audio.shape[0]} clips but {len(batch.prompts)} prompts")
+
+
+def _clip_ok(name: str, audio: torch.Tensor, i: int, min_seconds: float, sample_rate: int) -> bool:
+    """False (with a warning) when clip ``i`` cannot be scored: non-finite samples or shorter than the minimum."""
+    try:
+        validate_audio(audio, f"clip {i}")
+    except AudioError as e:
+        log.warning("reward %s: clip %d cannot be scored (%s); its score is NaN", name, i, e)
+        return False
+    if audio.shape[-1] < min_seconds * sample_rate:
+        log.warning(
+            "reward %s: clip %d (%.3f s) is shorter than the encoder's minimum of %.3f s; its score is NaN",
+            name, i, audio.shape[-1] / sample_rate, min_seconds,
+        )
+        return False
+    return True
+
+
+def _prompt_ok(name: str, prompt: Any, i: int) -> bool:
+    if isinstance(prompt, str) and prompt.strip():
+        return True
+    log.warning("reward %s: clip %d has an empty or non-text prompt (%r); its score is NaN", name, i, prompt)
+    return False
+
+
+class ClapScoreReward(Reward):
+    """instance: ``cos(normalise(mean of audio frames), text embedding of the prompt)``, in [-1, 1]."""
+
+    name = "clap_score"
+    reward_class = "instance"
+    higher_is_better = True
+
+    def __init__(self, encoder: Encoder):
+        if not getattr(encoder, "cross_modal", False):
+            raise RewardError(
+                f"reward 'clap_score' needs a cross-modal encoder (e.g. 'clap-mini'); {encoder.name!r} embeds audio only"
+            )
+        self.encoder = encoder
+
+    def __call__(self, batch: ScoringBatch) -> RewardResult:
+        _check_batch(self.name, batch)
+        n = batch.audio.shape[0]
+        scores = torch.full((n,), float("nan"), dtype=torch.float64)
+        min_s = self.encoder.min_samples / self.encoder.sample_rate
+        ok = [i for i in range(n) if _prompt_ok(self.name, batch.prompts[i], i)
+              and _clip_ok(self.name, batch.audio[i], i, min_s, batch.sample_rate)]
+        if not ok:
+            return RewardResult(scores=scores, name=self.name)
+        text = self.encoder.embed_text([batch.prompts[i] for i in ok]).to(torch.float64)
+        for j, i in enumerate(ok):
+            try:
+                frames = self.encoder.embed_audio(batch.audio[i : i + 1], batch.sample_rate)[0]
+            except (EncoderError, AudioError) as e:
+                log.warning("reward %s: clip %d cannot be embedded (%s); its score is NaN", self.name, i, e)
+                continue
+            a = F.normalize(frames.to(torch.float64).mean(dim=0), dim=0)
+            scores[i] = float(a @ F.normalize(text[j], dim=0))
+        return RewardResult(scores=scores, name=self.name)
+
+
+class TagScoreReward(Reward):
+    """instance: musicnn tag probabilities weighted by the prompt's MiniLM similarity to each tag name.
+
+    ``score = sum_t w_t p_t(clip)`` with ``w = softmax(cos(prompt, tag_t) / temperature)`` over the kept
+    tags (the ``top_k`` most similar when given). Scores lie in [0, 1].
+    """
+
+    name = "tag_score"
+    reward_class = "instance"
+    higher_is_better = True
+
+    def __init__(self, model: str = "MTT_musicnn", temperature: float = 0.05, top_k: int | None = None,
+                 text_encoder: str = "minilm", tagger: Any = None, text: Any = None):
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ConfigError(f"tag_score temperature must be > 0, got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ConfigError(f"tag_score top_k must be a positive int or None, got {top_k!r}")
+        if tagger is None:
+            from dragontune.encoders.musicnn import MusicnnEncoder
+
+            tagger = MusicnnEncoder(model=model, layer="taggram")
+        if text is None:
+            from dragontune.text import build_text_encoder
+
+            text = build_text_encoder(text_encoder)
+        self.tagger = tagger
+        self.text = text
+        self.temperature = float(temperature)
+        self.top_k = top_k
+        names = list(tagger.tag_names)
+        self.kept = [i for i, t in enumerate(names) if not t.lower().startswith("no ")]
+        self.tags = [names[i] for i in self.kept]
+        if top_k is not None and top_k > len(self.tags):
+            raise ConfigError(f"tag_score top_k={top_k} exceeds the {len(self.tags)} usable tags")
+        self._tag_emb: torch.Tensor | None = None
+
+    def _embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        hidden, mask = self.text.encode(list(texts))
+        m = mask.to(hidden.dtype)[..., None]
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return F.normalize(pooled.to(torch.float64), dim=-1)
+
+    def tag_weights(self, prompts: Sequence[str]) -> torch.Tensor:
+        """``[B, kept tags]`` weights (rows sum to 1) for non-empty prompts."""
+        if self._tag_emb is None:
+            self._tag_emb = self._embed_texts(self.tags)
+        sim = self._embed_texts(prompts) @ self._tag_emb.T
+        if self.top_k is not None:
+            thr = sim.topk(self.top_k, dim=1).values[:, -1:]
+            sim = sim.masked_fill(sim < thr, float("-inf"))
+        return torch.softmax(sim / self.temperature, dim=1)
+
+    def __call__(self, batch: ScoringBatch) -> RewardResult:
+        _check_batch(self.name, batch)
+        n = batch.audio.shape[0]
+        scores = torch.full((n,), float("nan"), dtype=torch.float64)
+        min_s = self.tagger.min_samples / self.tagger.sample_rate
+        ok = [i for i in range(n) if _prompt_ok(self.name, batch.prompts[i], i)
+              and _clip_ok(self.name, batch.audio[i], i, min_s, batch.sample_rate)]
+        if not ok:
+            return RewardResult(scores=scores, name=self.name)
+        w = self.tag_weights([batch.prompts[i] for i in ok])
+        for j, i in enumerate(ok):
+            try:
+                probs = self.tagger.tag_probabilities(batch.audio[i : i + 1], batch.sample_rate)[0]
+            except (EncoderError, AudioError) as e:
+                log.warning("reward %s: clip %d cannot be tagged (%s); its score is NaN", self.name, i, e)
+                continue
+            scores[i] = float(w[j] @ probs.to(torch.float64)[self.kept])
+        return RewardResult(scores=scores, name=self.name)
+
+
+class AestheticsReward(Reward):
+    """instance: the aesthetics predictor's rating (about 1-5, not clipped)."""
+
+    name = "aesthetics"
+    reward_class = "instance"
+    higher_is_better = True
+
+    def __init__(self, predictor: Any = None, path: str | os.PathLike | None = None):
+        if predictor is None:
+            from dragontune.aesthetics import load_aesthetics
+
+            predictor = load_aesthetics(path)
+        self.predictor = predictor
+        _ = predictor.encoder  # load (and id-check) the encoder now: a configuration error raises here
+
+    def __call__(self, batch: ScoringBatch) -> RewardResult:
+        _check_batch(self.name, batch)
+        n = batch.audio.shape[0]
+        scores = torch.full((n,), float("nan"), dtype=torch.float64)
+        enc = self.predictor.encoder
+        min_s = enc.min_samples / enc.sample_rate
+        ok = [i for i in range(n) if _clip_ok(self.name, batch.audio[i], i, min_s, batch.sample_rate)]
+        if ok:
+            scores[ok] = self.predictor.predict(batch.audio[ok], batch.sample_rate)
+        return RewardResult(scores=scores, name=self.name)
+
+
+# -- registry factories -------------------------------------------------------------------------------------
+
+
+def _clap_score_factory(spec: dict, ctx: RewardContext) -> Reward:
+    _take(spec, {"encoder"}, "clap_score")
+    enc_spec = spec.get("encoder", "clap-mini")
+    if enc_spec == "clap-mini" or (isinstance(enc_spec, dict) and enc_spec.get("name") == "clap-mini"):
+        import dragontune.encoders.clap_mini  # noqa: F401  (registers "clap-mini")
+    return ClapScoreReward(ctx.encoder(enc_spec))
+
+
+def _tag_score_factory(spec: dict, ctx: RewardContext) -> Reward:
+    _take(spec, {"model", "temperature", "top_k", "text_encoder"}, "tag_score")
+    return TagScoreReward(**spec)
+
+
+def _aesthetics_factory(spec: dict, ctx: RewardContext) -> Reward:
+    _take(spec, {"path"}, "aesthetics")
+    path = spec.get("path")
+    if path is not None and ctx.base_dir is not None and not os.path.isabs(path):
+        path = os.path.join(ctx.base_dir, path)
+    try:
+        return AestheticsReward(path=path)
+    except DataError as e:
+        raise RewardError(f"reward 'aesthetics': {e}") from None
+
+
+register_reward("clap_score", _clap_score_factory, overwrite=True)
+register_reward("tag_score", _tag_score_factory, overwrite=True)
+register_reward("aesthetics", _aesthetics_factory, overwrite=True)

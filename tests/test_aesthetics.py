@@ -1,0 +1,113 @@
+"""Aesthetics predictor: rating formula, metrics, ratings CSV errors, training/saving, packaged predictor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import pearsonr, spearmanr
+
+from dragontune.aesthetics import (
+    SEVERITY_WEIGHTS,
+    default_aesthetics_path,
+    load_aesthetics,
+    per_prompt_srcc,
+    plcc,
+    read_ratings_csv,
+    severity,
+    srcc,
+    synthetic_rating,
+    train_aesthetics,
+)
+from dragontune.audio import save_wav
+from dragontune.data.synth import QUALITIES, clip_row, make_config, render_clip
+from dragontune.errors import CheckpointError, ConfigError, DataError
+
+SR = 16000
+HAVE_PREDICTOR = default_aesthetics_path().is_file()
+
+
+def test_rating_formula():
+    assert synthetic_rating("clean", 0.0) == 5.0
+    assert synthetic_rating("noise", 1.0) == pytest.approx(1.5)
+    assert synthetic_rating("jitter", 0.5) == pytest.approx(5 - 3.5 * 0.7 * 0.5)
+    assert severity("clipping", 0.5) == pytest.approx(0.5 * SEVERITY_WEIGHTS["clipping"])
+    rng = np.random.default_rng(0)
+    r = [synthetic_rating("clean", 0.0, rng, noise_std=1.0) for _ in range(200)]
+    assert min(r) >= 1.0 and max(r) == 5.0 and np.mean(r) < 5.0
+    with pytest.raises(DataError):
+        severity("wobble", 0.5)
+    with pytest.raises(DataError):
+        severity("noise", 1.5)
+
+
+def test_metrics_match_scipy():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=50), rng.normal(size=50)
+    b = a + 0.5 * b
+    assert plcc(a, b) == pytest.approx(pearsonr(a, b)[0], abs=1e-12)
+    b[:5] = b[5]  # ties
+    assert srcc(a, b) == pytest.approx(spearmanr(a, b)[0], abs=1e-12)
+    groups = [0] * 25 + [1] * 25
+    want = np.mean([spearmanr(a[:25], b[:25])[0], spearmanr(a[25:], b[25:])[0]])
+    assert per_prompt_srcc(a, b, groups) == pytest.approx(want, abs=1e-12)
+
+
+def _write_csv(tmp_path, lines: list[str]):
+    p = tmp_path / "ratings.csv"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_ratings_csv_errors_name_rows(tmp_path):
+    save_wav(tmp_path / "a.wav", torch.zeros(1, SR), SR)
+    p = _write_csv(tmp_path, ["path,rating", "a.wav,3", "missing.wav,4", "a.wav,7", "a.wav,good"])
+    with pytest.raises(DataError) as e:
+        read_ratings_csv(p)
+    msg = str(e.value)
+    assert "3 bad row(s)" in msg and "row 3: file" in msg and "missing.wav" in msg
+    assert "row 4: rating '7' outside [1, 5]" in msg and "row 5: rating 'good' is not a number" in msg
+    with pytest.raises(DataError, match="header must name columns path and rating"):
+        read_ratings_csv(_write_csv(tmp_path, ["file,score", "a.wav,3"]))
+    with pytest.raises(DataError, match="not found"):
+        read_ratings_csv(tmp_path / "nope.csv")
+
+
+def test_train_from_csv_save_load_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = ["path,rating,prompt"]
+    cfg = make_config({"instruments": ["bass"], "duration": 3.0})
+    for i in range(16):
+        row = clip_row(i, 99, cfg)
+        s = float(rng.uniform(0, 1))
+        x = render_clip(dict(row, quality="noise", quality_strength=s), SR)
+        save_wav(tmp_path / f"c{i}.wav", torch.from_numpy(x).float()[None], SR)
+        lines.append(f"c{i}.wav,{synthetic_rating('noise', s):.3f},prompt {i % 8}")
+    csv_path = _write_csv(tmp_path, lines)
+    out = tmp_path / "aes.safetensors"
+    rep = train_aesthetics(ratings_csv=csv_path, out_path=out, encoders=("codec",), heads=("kernel_ridge", "mlp"),
+                           val_fraction=0.3)
+    assert rep["chosen"].startswith("codec/") and rep["n_train"] + rep["n_validation"] == 16
+    p = load_aesthetics(out)
+    audio = torch.from_numpy(render_clip(clip_row(50, 99, cfg), SR)).float()[None, None]
+    a = p.predict(audio, SR)
+    assert torch.isfinite(a).all()
+    assert torch.equal(load_aesthetics(out).predict(audio, SR), a)
+    with pytest.raises(ConfigError):
+        train_aesthetics(ratings_csv=csv_path, out_path=out, encoders=("nope",))
+    with pytest.raises(CheckpointError, match="not found"):
+        load_aesthetics(tmp_path / "none.safetensors")
+
+
+@pytest.mark.skipif(not HAVE_PREDICTOR, reason="packaged aesthetics predictor missing")
+def test_packaged_predictor_prefers_clean_for_every_defect():
+    """One unseen clip per instrument family, clean vs each defect at strength 0.8."""
+    p = load_aesthetics()
+    cfg = make_config({"instruments": ["piano", "pluck"], "degraded_fraction": 0.0})
+    for i in range(2):
+        row = clip_row(i, 2024, cfg)
+        versions = [render_clip(row, SR)] + [render_clip(dict(row, quality=q, quality_strength=0.8), SR) for q in QUALITIES]
+        pred = p.predict(torch.from_numpy(np.stack(versions)).float()[:, None], SR).numpy()
+        assert np.isfinite(pred).all()
+        for q, v in zip(QUALITIES, pred[1:]):
+            assert pred[0] > v, (row["instrument"], q, pred)
