@@ -18,10 +18,27 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import scipy
-import scipy.linalg
-import torch
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (dragontune side only)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads for torch and the SciPy/NumPy BLAS (default 1: stable on a shared machine; "
+                         "0 = library defaults)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "metrics.md"))
+    return ap
+
+
+_EARLY, _ = _parser().parse_known_args()
+if _EARLY.threads:  # BLAS thread counts must be set before NumPy/SciPy load their BLAS
+    for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_v] = str(_EARLY.threads)
+
+import numpy as np  # noqa: E402
+import scipy  # noqa: E402
+import scipy.linalg  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dragontune import metrics as M  # noqa: E402
@@ -140,7 +157,7 @@ def bench_fad_with_stats(device: torch.device, rows: list[str], n: int = 4000, d
     )
 
 
-def bench_per_song(device: torch.device, rows: list[str], clips: int = 64, frames: int = 16, d: int = 512, base_clips: int = 6) -> None:
+def bench_per_song(device: torch.device, rows: list[str], clips: int = 64, frames: int = 16, d: int = 512, base_clips: int = 4) -> None:
     ref = M.gaussian_stats(_data(3 * d, d, 1, device))
     x = _data(clips * frames, d, 4, device, shift=0.1).reshape(clips, frames, d)
     xs = x.cpu().numpy()
@@ -159,7 +176,7 @@ def bench_per_song(device: torch.device, rows: list[str], clips: int = 64, frame
     )
 
 
-def bench_loo(device: torch.device, rows: list[str], n: int = 256, d: int = 512, brute_subsets: int = 16) -> None:
+def bench_loo(device: torch.device, rows: list[str], n: int = 256, d: int = 512, brute_subsets: int = 8) -> None:
     ref = M.gaussian_stats(_data(3 * d, d, 1, device))
     ref.sqrt()
     x = _data(n, d, 5, device, shift=0.1)
@@ -188,7 +205,7 @@ def bench_loo(device: torch.device, rows: list[str], n: int = 256, d: int = 512,
 
 def bench_vendi(device: torch.device, rows: list[str], n: int = 2000, d: int = 512) -> None:
     x = _data(n, d, 6, device)
-    t_base = timeit(lambda: vendi_nxn(x), device, reps=1)
+    t_base = timeit(lambda: vendi_nxn(x), device, reps=1, warmup=0)
     t_ours = timeit(lambda: M.vendi_score(x), device, reps=3)
     rel = abs(float(M.vendi_score(x)) - float(vendi_nxn(x))) / float(vendi_nxn(x))
     rows.append(
@@ -204,11 +221,7 @@ def bench_vendi(device: torch.device, rows: list[str], n: int = 2000, d: int = 5
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (dragontune side only)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "metrics.md"))
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine}. Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {total:.0f} s in all, "
         "`python benchmarks/bench_metrics.py"
         + (f" --device {args.device}" if args.device != "cpu" else "")
-        + (f" --threads {args.threads}" if args.threads else "")
+        + (f" --threads {args.threads}" if args.threads != 1 else "")
         + (" --quick" if args.quick else "")
         + "`.",
         "",
