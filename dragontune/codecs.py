@@ -261,7 +261,7 @@ class LogMelCodec(Codec):
         return LogMelCodec(**c)
 
     # -- cached constants -----------------------------------------------------------------------------------
-    _PHASE_FRAMES = 4096  # fixed initial phase table; longer latents tile it
+    _PHASE_FRAMES = 1024  # fixed initial phase table (16 s at hop 256); longer latents tile it
 
     def _get(self, device: torch.device) -> _Consts:
         key = str(device)

@@ -184,7 +184,10 @@ def test_fit_scale_standardises_latents(codec, clips):
 
 def test_scale_and_shift_are_inverted_on_decode(codec, clips):
     raw = LogMelCodec()
-    torch.testing.assert_close(codec.decode(codec.encode(clips[:1])), raw.decode(raw.encode(clips[:1])), atol=2e-4, rtol=0)
+    # equal up to float32 rounding of the normalisation, amplified a little by Griffin-Lim
+    a, b = codec.decode(codec.encode(clips[:1])), raw.decode(raw.encode(clips[:1]))
+    torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
+    assert mel_distance(raw, a[:, 0], b[:, 0]).item() < 0.05
 
 
 def test_fit_scale_errors():
@@ -248,3 +251,16 @@ def test_input_errors(codec):
         codec.encode(torch.zeros(1, 1, 300))
     with pytest.raises(AudioError, match=r"\[B, 64, F\]"):
         codec.decode(torch.zeros(1, 32, 10))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(codec, clips):
+    x = clips[:2].cuda()
+    z = codec.encode(x)
+    assert z.device.type == "cuda"
+    torch.testing.assert_close(z.cpu(), codec.encode(clips[:2]), atol=1e-4, rtol=1e-4)
+    y1, y2 = codec.decode(z), codec.decode(z)
+    assert y1.device.type == "cuda" and torch.equal(y1, y2)
+    lsd_gpu = log_spectral_distance(clips[:2], y1.cpu())
+    lsd_cpu = log_spectral_distance(clips[:2], codec.decode(z.cpu()))
+    torch.testing.assert_close(lsd_gpu, lsd_cpu, atol=0.05, rtol=0)

@@ -30,7 +30,7 @@ class CodecEncoder(Encoder):
         self.sample_rate = int(codec.sample_rate)
         self.dim = int(codec.latent_channels)
         #: two windows: the fewest frames from which a Gaussian has a (rank-1) covariance
-        self.min_samples = 2 * self.window * int(codec.hop_length)
+        self.min_samples = max(2 * self.window * int(codec.hop_length), int(getattr(codec, "min_samples", 0)))
 
     @property
     def id(self) -> str:
