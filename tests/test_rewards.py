@@ -378,11 +378,14 @@ def test_registry_builds_by_name(enc, exdir, tmp_path):
     assert "set score" in table and "credit" in table and len(table.splitlines()) == 8
 
 
-def test_registry_errors(tmp_path):
+def test_registry_errors(tmp_path, monkeypatch):
     with pytest.raises(RewardError, match=r"unknown reward 'fid'; known rewards: .*centroid.*per_song_fad.*vendi"):
         build_reward({"name": "fid"})
-    with pytest.raises(RewardError, match="'aesthetics' is model-based"):
-        build_reward("aesthetics")
+    import dragontune.rewards.registry as reg
+
+    monkeypatch.setitem(reg._LAZY, "fancy_model", "dragontune.rewards.no_such_module")
+    with pytest.raises(RewardError, match="'fancy_model' is model-based.*importing it failed"):
+        build_reward("fancy_model")
     with pytest.raises(RewardError, match=r"unknown option\(s\) 'exemplar' \(did you mean 'exemplars'\?\)"):
         build_reward({"name": "per_song_fad", "encoder": "codec", "exemplar": {}})
     with pytest.raises(EncoderError, match="no codec was given"):
@@ -393,3 +396,26 @@ def test_registry_errors(tmp_path):
         build_reward({"name": "centroid", "encoder": ProjEncoder(), "exemplars": {}})
     for n in ("per_song_fad", "fad", "kad", "vendi", "centroid", "aesthetics", "clap_score", "weighted"):
         assert n in known_rewards()
+
+
+def test_integration_codec_encoder_and_real_corpus_filter(tmp_path):
+    """build_reward with the real 'codec' encoder (LogMelCodec) and the real corpus metadata reader."""
+    import json
+
+    from dragontune.codecs import LogMelCodec
+
+    root = tmp_path / "corpus"
+    _make_folder(root / "audio", [300, 320, 340, 360, 900, 950], sr=16000)
+    with open(root / "metadata.jsonl", "w") as fh:
+        for i in range(6):
+            fh.write(json.dumps({"file": f"audio/clip_{i:03d}.wav", "caption": f"tone {i}", "split": "train",
+                                 "instrument": "piano" if i < 4 else "guitar", "quality": "clean"}) + "\n")
+    ctx = RewardContext(codec=LogMelCodec(n_mels=16), cache_dir=tmp_path / "cache")
+    spec = {"encoder": "codec", "exemplars": {"corpus": str(root), "filter": "instrument=piano,quality=clean"}}
+    r = build_reward({"name": "per_song_fad", **spec}, ctx)
+    assert r.exemplars.n_items == 4 and r.exemplars.dim == 16
+    b = _batch([310, 330, 920], sr=16000)
+    res = r(b)
+    assert res.scores.shape == (3,) and torch.isfinite(res.scores).all()
+    f = build_reward({"name": "fad", **spec}, ctx)(b)
+    assert f.credit.shape == (3,) and math.isfinite(f.set_score)

@@ -20,9 +20,8 @@ _ENCODERS: dict[str, EncoderFactory] = {}
 #: name -> module that registers it when imported
 _LAZY: dict[str, str] = {
     "aisfx": "dragontune.encoders.aisfx",
-    "clap": "dragontune.encoders.clap",
-    "clap-mini": "dragontune.encoders.clap",
-    "clap-hf": "dragontune.encoders.clap",
+    "clap-mini": "dragontune.encoders.clap_mini",
+    "clap-hf": "dragontune.encoders.clap_hf",
 }
 
 

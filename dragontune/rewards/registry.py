@@ -82,6 +82,7 @@ _REWARDS: dict[str, RewardFactory] = {}
 _LAZY: dict[str, str] = {
     "aesthetics": "dragontune.rewards.model",
     "clap_score": "dragontune.rewards.model",
+    "tag_score": "dragontune.rewards.model",
 }
 
 
@@ -125,14 +126,15 @@ def build_reward(spec: str | Mapping[str, Any], context: RewardContext | None = 
             pairs.append((float(w), build_reward(c, ctx)))
         return WeightedReward(pairs)
     if name not in _REWARDS and name in _LAZY:
+        why = "it did not register the reward"
         try:
             importlib.import_module(_LAZY[name])
-        except ImportError:
-            pass
+        except ImportError as e:
+            why = f"importing it failed: {e}"
         if name not in _REWARDS:
             raise RewardError(
-                f"reward {name!r} is model-based and its implementation ({_LAZY[name]}) is not available in this "
-                f"build; available rewards: {', '.join(sorted(_REWARDS))}"
+                f"reward {name!r} is model-based and its implementation ({_LAZY[name]}) is not available "
+                f"({why}); available rewards: {', '.join(sorted(_REWARDS))}"
             )
     if name not in _REWARDS:
         raise RewardError(f"unknown reward {name!r}; known rewards: {', '.join(known_rewards())}")
