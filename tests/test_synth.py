@@ -134,7 +134,7 @@ def test_tempo_tracks_requested_tempo():
     rows = [clip_row(i, 11, cfg) for i in range(48)]
     req = np.array([r["tempo"] for r in rows])
     est = np.array([analysis.estimate_tempo(render_clip(r, SR), SR) for r in rows])
-    # measured on this set: Spearman 0.9+, ~95 % within 8 % (docs/corpus.md has the 300-clip figures)
+    # measured on these 48 clips: Spearman 0.874, 95.8 % within 8 % (docs/corpus.md: 1285 clips)
     assert spearmanr(req, est)[0] > 0.8
     assert np.mean(np.abs(est / req - 1) < 0.08) > 0.8
 
@@ -144,7 +144,7 @@ def test_onset_rate_tracks_density():
     rows = [clip_row(i, 5, cfg) for i in range(24)]
     expected = np.array([r["tempo"] / 60 * {"sparse": 1, "medium": 2, "busy": 4}[r["density"]] for r in rows])
     got = np.array([analysis.onset_rate(render_clip(r, SR), SR) for r in rows])
-    assert spearmanr(expected, got)[0] > 0.8
+    assert spearmanr(expected, got)[0] > 0.8  # measured 0.924
 
 
 def test_centroid_separates_instruments():
@@ -152,6 +152,7 @@ def test_centroid_separates_instruments():
     for inst in ("bass", "piano", "bell"):
         cfg = make_config({"degraded_fraction": 0.0, "instruments": [inst]})
         cents[inst] = np.mean([analysis.spectral_centroid(render_clip(clip_row(i, 2, cfg), SR), SR) for i in range(6)])
+    # measured: bass 162 Hz, piano 793 Hz, bell 3772 Hz
     assert cents["bass"] < 0.6 * cents["piano"] and cents["piano"] < 0.6 * cents["bell"], cents
 
 
