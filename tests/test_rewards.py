@@ -350,7 +350,9 @@ def test_weighted_reward(enc, stats):
     b = _batch([260, 330, 420, 2500])
     a, f = PerSongFADReward(enc, stats), FADReward(enc, stats)
     w = WeightedReward([(1.0, a), (0.5, f)])
+    calls = enc.calls
     res = w(b)
+    assert enc.calls == calls + 1  # one encoder pass shared by both components
     ra, rf = a(b), f(b)
     torch.testing.assert_close(res.scores, ra.scores + 0.5 * rf.scores)
     assert res.set_score == pytest.approx(float(ra.scores.mean()) + 0.5 * rf.set_score)

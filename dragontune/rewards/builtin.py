@@ -65,21 +65,17 @@ class EmbeddingReward(Reward):
             f"(id {ex.encoder_id}) and have dimension {ex.dim}; rebuild the exemplar set with the same encoder"
         )
 
-    def embed(self, batch: ScoringBatch) -> list[torch.Tensor]:
-        """Frames ``[n_b, d]`` (float64, on ``self.device``) for each clip of the batch."""
-        audio = batch.audio
-        if audio.dim() != 3:
-            raise AudioError(f"reward {self.name!r} expects audio [N, C, T]; got shape {tuple(audio.shape)}")
-        if audio.shape[0] != len(batch.prompts):
-            raise RewardError(f"batch has {audio.shape[0]} clips but {len(batch.prompts)} prompts")
-        for i in range(audio.shape[0]):
-            validate_audio(audio[i], f"generated clip {i}")
-        peak = audio.detach().abs().amax(dim=(1, 2))
-        silent = (peak < SILENT_PEAK).nonzero().flatten().tolist()
-        if silent:
-            log.warning("reward %s: generated clip(s) %s are silent; scoring them as they are", self.name, silent[:20])
-        self.encoder.check_length(audio, batch.sample_rate)
-        frames = self.encoder.embed_audio(audio, batch.sample_rate)
+    def __call__(self, batch: ScoringBatch) -> RewardResult:
+        return self.score(batch, self.embed(batch))
+
+    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
+        """Score a batch whose frames (from :meth:`embed`) are already computed."""
+        raise NotImplementedError
+
+    def embed(self, batch: ScoringBatch, raw: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Frames ``[n_b, d]`` (float64, on ``self.device``) for each clip, checked against the exemplars.
+        ``raw``: the encoder's output for this batch if already computed (:meth:`encode`)."""
+        frames = self.encode(batch) if raw is None else raw
         out = []
         for i, f in enumerate(frames):
             f = f.detach().to(device=self.device, dtype=torch.float64)
@@ -95,6 +91,26 @@ class EmbeddingReward(Reward):
             out.append(f)
         return out
 
+    def encode(self, batch: ScoringBatch) -> list[torch.Tensor]:
+        """Validate the audio and run the encoder: one ``[frames, dim]`` tensor per clip."""
+        audio = batch.audio
+        if audio.dim() != 3:
+            raise AudioError(f"reward {self.name!r} expects audio [N, C, T]; got shape {tuple(audio.shape)}")
+        if audio.shape[0] != len(batch.prompts):
+            raise RewardError(f"batch has {audio.shape[0]} clips but {len(batch.prompts)} prompts")
+        for i in range(audio.shape[0]):
+            validate_audio(audio[i], f"generated clip {i}")
+        peak = audio.detach().abs().amax(dim=(1, 2))
+        silent = (peak < SILENT_PEAK).nonzero().flatten().tolist()
+        if silent:
+            log.warning("reward %s: generated clip(s) %s are silent; scoring them as they are", self.name, silent[:20])
+        self.encoder.check_length(audio, batch.sample_rate)
+        with torch.no_grad():
+            frames = self.encoder.embed_audio(audio, batch.sample_rate)
+        if len(frames) != audio.shape[0]:
+            raise EncoderError(f"encoder {self.encoder.name!r} returned {len(frames)} clips for {audio.shape[0]}")
+        return list(frames)
+
     def clip_vectors(self, frames: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([f.mean(0) for f in frames])
 
@@ -106,8 +122,7 @@ class PerSongFADReward(EmbeddingReward):
     reward_class = "instance_to_dist"
     higher_is_better = False
 
-    def __call__(self, batch: ScoringBatch) -> RewardResult:
-        frames = self.embed(batch)
+    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
         for i, f in enumerate(frames):
             if f.shape[0] < 2:
                 t = batch.audio.shape[-1]
@@ -129,9 +144,9 @@ class CentroidReward(EmbeddingReward):
     reward_class = "instance_to_dist"
     higher_is_better = True
 
-    def __call__(self, batch: ScoringBatch) -> RewardResult:
+    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
         assert self.exemplars is not None
-        x = self.clip_vectors(self.embed(batch))
+        x = self.clip_vectors(frames)
         try:
             s = centroid_similarity(x, self.exemplars.centroid)
         except MetricError as e:
@@ -165,9 +180,8 @@ class FADReward(_SetReward):
         self.pooling = pooling
         super().__init__(encoder, exemplars, device)
 
-    def __call__(self, batch: ScoringBatch) -> RewardResult:
+    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
         assert self.exemplars is not None
-        frames = self.embed(batch)
         self._need(len(frames), 3)
         if self.pooling == "clip":
             loo = fad_leave_one_out(self.clip_vectors(frames), self.exemplars.clips, name="generated clip vectors")
@@ -215,9 +229,9 @@ class KADReward(_SetReward):
             bandwidth if bandwidth is not None else median_bandwidth(self.exemplars.sample), dtype=torch.float64
         ).to(self.device)
 
-    def __call__(self, batch: ScoringBatch) -> RewardResult:
+    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
         assert self.exemplars is not None
-        x = self.clip_vectors(self.embed(batch))
+        x = self.clip_vectors(frames)
         self._need(x.shape[0], 3)
         loo = kad_leave_one_out(x, self.exemplars.sample, bandwidth=self.bandwidth)
         return self._result(loo.full, loo.minus)
@@ -239,8 +253,8 @@ class VendiReward(_SetReward):
         self.q = float(q)
         super().__init__(encoder, None, device)
 
-    def __call__(self, batch: ScoringBatch) -> RewardResult:
-        x = self.clip_vectors(self.embed(batch))
+    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
+        x = self.clip_vectors(frames)
         self._need(x.shape[0], 2)
         try:
             loo = vendi_leave_one_out(x, q=self.q)
@@ -254,7 +268,7 @@ class WeightedReward(Reward):
 
     The class is the widest of the components (``dist_to_dist`` > ``instance_to_dist`` > ``instance``);
     ``credit`` is present when any component is a set reward (instance components contribute their scores).
-    Scales differ between rewards: choose weights accordingly (no normalisation is applied).
+    Components sharing one encoder object embed the batch once. Scales differ between rewards: choose weights accordingly (no normalisation is applied).
     """
 
     name = "weighted"
@@ -275,10 +289,15 @@ class WeightedReward(Reward):
         scores = None
         set_score = 0.0
         any_set = False
-        parts = []
+        encoded: dict[int, list[torch.Tensor]] = {}  # one encoder pass per distinct encoder object
         for w, r in self.components:
-            res = r(batch)
-            parts.append(res)
+            if isinstance(r, EmbeddingReward):
+                key = id(r.encoder)
+                if key not in encoded:
+                    encoded[key] = r.encode(batch)
+                res = r.score(batch, r.embed(batch, encoded[key]))
+            else:
+                res = r(batch)
             s = res.scores.to(torch.float64) * w
             scores = s if scores is None else scores + s
             if res.set_score is not None:
