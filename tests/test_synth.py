@@ -120,6 +120,15 @@ def test_defects_are_graded():
         assert 0 < d[0] < d[1], (q, d)
 
 
+@pytest.mark.parametrize("instrument", INSTRUMENTS)
+def test_every_defect_changes_every_instrument(instrument):
+    base = clip_row(1, 0, make_config({"instruments": [instrument]}))
+    clean = render_clip({**base, "quality": "clean", "quality_strength": 0.0}, SR)
+    for q in QUALITIES:
+        x = render_clip({**base, "quality": q, "quality_strength": 0.5}, SR)
+        assert np.sqrt(np.mean((x - clean) ** 2)) > 0.01, q
+
+
 def test_unknown_option_suggests():
     with pytest.raises(ConfigError, match="sample_rte.*sample_rate"):
         make_config({"sample_rte": 8000})

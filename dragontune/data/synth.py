@@ -506,14 +506,17 @@ def render_clip(params: dict, sample_rate: int) -> np.ndarray:
                 for det in (-7.0, 0.0, 7.0):
                     sig += _osc("saw", f0 * 2 ** (det / 1200), tt, float(rng.random()))
             _add(buf, int(round(t0 * sr)), env * sig / 9.0)
-        # beat-synchronous swell so the tempo (and density) are audible; accent on beats
+        # beat-synchronous swell so the tempo (and density) are audible; accent on beats; onsets jittered
         npb = DENSITIES[params["density"]]
         step = beat / npb
-        tj = t.copy()
-        ph = (tj / step) % 1.0
-        k = np.floor(tj / step).astype(np.int64)
-        acc = np.where(k % npb == 0, 1.0, 0.45)
-        gate = 0.35 + 0.65 * acc * np.exp(-ph * step / (0.35 * step)) * np.minimum(1.0, ph * step / 0.006)
+        onsets = np.array([ev["t"] for ev in events]) + jitter
+        order = np.argsort(onsets, kind="stable")
+        onsets = onsets[order]
+        acc_ev = np.array([1.0 if events[j]["sub"] == 0 else 0.45 for j in order])
+        k = np.searchsorted(onsets, t, side="right") - 1
+        since = np.where(k >= 0, t - onsets[np.maximum(k, 0)], 0.0)
+        acc = np.where(k >= 0, acc_ev[np.maximum(k, 0)], 0.0)
+        gate = 0.35 + 0.65 * acc * np.exp(-since / (0.35 * step)) * np.minimum(1.0, since / 0.006)
         buf *= gate
     else:
         times = [ev["t"] + jitter[i] for i, ev in enumerate(events)]
