@@ -132,7 +132,8 @@ def test_batched_decode_equals_per_item(codec, clips):
     z = codec.encode(clips[:2])
     y = codec.decode(z)
     for i in range(2):
-        torch.testing.assert_close(codec.decode(z[i : i + 1])[0], y[i], atol=1e-4, rtol=1e-4)
+        # equal up to float rounding (kernels may differ with batch size), amplified a little by Griffin-Lim
+        torch.testing.assert_close(codec.decode(z[i : i + 1])[0], y[i], atol=2e-3, rtol=0)
 
 
 # --- round-trip quality (thresholds measured on these signals with margin; see docs/codec.md) ---------------
@@ -142,7 +143,7 @@ def test_round_trip_quality(codec, clips):
     y = codec.decode(codec.encode(clips))
     lsd = log_spectral_distance(clips, y)
     mel = mel_distance(codec, clips, y)
-    # measured: LSD 5.4-7.3 dB (mean 6.4), mel 3.4-4.2 dB per clip with the defaults (nnls 32, fast GL 32);
+    # measured: LSD 5.4-7.3 dB (mean 6.4), mel 3.3-4.1 dB per clip with the defaults (nnls 32, fast GL 32);
     # the clamped pseudo-inverse alone gives LSD 8.0-10.3 and mel 7.1-8.8
     assert lsd.max() < 8.5 and lsd.mean() < 7.0, lsd
     assert mel.max() < 5.0, mel
@@ -258,7 +259,8 @@ def test_cuda_matches_cpu(codec, clips):
     x = clips[:2].cuda()
     z = codec.encode(x)
     assert z.device.type == "cuda"
-    torch.testing.assert_close(z.cpu(), codec.encode(clips[:2]), atol=1e-4, rtol=1e-4)
+    # cuFFT vs CPU FFT rounding, magnified by the log in near-silent bands (seen: 6e-4 on an H100)
+    torch.testing.assert_close(z.cpu(), codec.encode(clips[:2]), atol=3e-3, rtol=0)
     y1, y2 = codec.decode(z), codec.decode(z)
     assert y1.device.type == "cuda" and torch.equal(y1, y2)
     lsd_gpu = log_spectral_distance(clips[:2], y1.cpu())
