@@ -461,6 +461,10 @@ def render_clip(params: dict, sample_rate: int) -> np.ndarray:
     """Render one clip (float64 mono, ``duration * sample_rate`` samples, peak at ``peak_dbfs``)."""
     sr = int(sample_rate)
     inst = params["instrument"]
+    if inst not in INSTRUMENTS:
+        raise ConfigError(f"render_clip: unknown instrument {inst!r} (valid: {', '.join(INSTRUMENTS)})")
+    if params["quality"] not in ("clean", *QUALITIES):
+        raise ConfigError(f"render_clip: unknown quality {params['quality']!r} (valid: clean, {', '.join(QUALITIES)})")
     n_total = int(round(float(params["duration"]) * sr))
     rng = np.random.default_rng(int(params["seed"]))
     defect_rng = np.random.default_rng([int(params["seed"]), 1])
