@@ -11,7 +11,6 @@ original phase) and decode speed; plus encode speed. ``--source corpus`` uses
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
