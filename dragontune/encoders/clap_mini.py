@@ -1,16 +1,17 @@
 """``clap-mini``: a small contrastive text-audio model (CLAP-style) trained on the embedded corpus.
 
 Audio tower: mono 16 kHz -> log-mel (64 Slaney bands, n_fft 1024, hop 256; :class:`LogMelCodec`'s
-``log_mel``) -> per-band standardisation (train-set statistics stored with the weights) -> four 1-D
+``log_mel`` of the whole clip) -> per-band standardisation (train-set statistics stored with the weights) -> four 1-D
 convolutions over time (mel bands as channels, stride 2 each) -> one transformer layer over the
 16 remaining steps -> mean and max over time -> linear -> 256-d, L2-normalised.
 Text tower: frozen all-MiniLM-L6-v2 (:func:`dragontune.text.build_text_encoder`), mean of the token
 states, L2-normalised -> trainable 2-layer projection -> 256-d, L2-normalised.
 Training: symmetric InfoNCE with a learnable temperature (:func:`train_clap`).
 
-Windowing (:class:`ClapMiniEncoder`): windows of the training clip length (4 s = 64000 samples) with a
-hop of 2 s, starting at 0; a trailing partial window is dropped; one 256-d frame per window. Clips
-shorter than one window raise :class:`EncoderError`.
+Windowing (:class:`ClapMiniEncoder`): the clip's log-mel is cut into windows of the training crop
+length (125 frames = 2.0 s) with a hop of 31 frames (0.496 s), starting at frame 0; a trailing partial
+window is dropped; one 256-d frame per window (a 4 s clip gives 5). Clips shorter than one window
+(32000 samples at 16 kHz) raise :class:`EncoderError`.
 """
 
 from __future__ import annotations
@@ -155,6 +156,15 @@ class ClapMiniModel(nn.Module):
         return F.normalize(self.text(F.normalize(pooled, dim=-1)), dim=-1)
 
 
+def clip_windows(mel: torch.Tensor, cfg: ClapMiniConfig) -> torch.Tensor:
+    """One clip's log-mel ``[n_mels, frames]`` -> windows ``[n, n_mels, window_frames]`` starting at
+    ``0, hop_frames, 2 hop_frames, ...`` (a trailing partial window is dropped)."""
+    n = (mel.shape[-1] - cfg.window_frames) // cfg.hop_frames + 1
+    if n < 1:
+        raise EncoderError(f"log-mel of {mel.shape[-1]} frames is shorter than clap-mini's window of {cfg.window_frames} frames")
+    return torch.stack([mel[:, i * cfg.hop_frames : i * cfg.hop_frames + cfg.window_frames] for i in range(n)])
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked mean of token states: ``[B, L, D]``, ``[B, L]`` -> ``[B, D]``."""
     m = mask.to(hidden.dtype)[..., None]
@@ -286,16 +296,10 @@ class ClapMiniEncoder(Encoder):
         validate_audio(audio, f"audio given to the {self.name} encoder")
         x = audio.detach().to("cpu", torch.float32).mean(dim=1, keepdim=True)
         x = resample(x, int(sample_rate), cfg.sample_rate)
-        W, H = cfg.window_samples, cfg.hop_samples
-        if x.shape[-1] < W:  # resampling rounded a borderline clip below one window
+        if x.shape[-1] < cfg.window_samples:  # resampling rounded a borderline clip below one window
             self.check_length(x, cfg.sample_rate)
-        starts = range(0, x.shape[-1] - W + 1, H)
         assert self._codec is not None
-        out = []
-        for b in range(x.shape[0]):
-            wins = torch.stack([x[b, :, s : s + W] for s in starts])  # [n, 1, W]
-            out.append(self._codec.log_mel(wins)[..., : cfg.window_frames])
-        return out
+        return [clip_windows(self._codec.log_mel(x[b : b + 1])[0], cfg) for b in range(x.shape[0])]
 
     def embed_audio(self, audio: torch.Tensor, sample_rate: int) -> list[torch.Tensor]:
         """``audio[B, C, T]`` -> B tensors ``[windows, 256]`` (unit norm, float32, CPU); clips run one by one."""
@@ -391,7 +395,8 @@ def train_clap(
     """Train clap-mini on the ``train`` split of a captioned corpus; write the checkpoint; return metrics.
 
     ``corpus_dir``: a corpus folder with a ``split`` column (e.g. from ``dragontune synth``); clips are
-    cropped/padded to ``duration`` seconds and each step takes one random 2 s window of each clip. ``out_path``: the ``.safetensors`` to write (default: the packaged asset path).
+    cropped/padded to ``duration`` seconds and each step takes one random 2 s window of each clip.
+    ``out_path``: the ``.safetensors`` to write (default: the packaged asset path).
     ``steps``/``batch``/``lr``/``weight_decay``/``warmup``: AdamW with linear warm-up and cosine decay.
     ``gain_db``: random gain augmentation (uniform in +-gain_db, applied to the log-mel). ``time_mask``:
     width in frames of one random zeroed time band per clip (0 = off). ``eval_split``: split on which
