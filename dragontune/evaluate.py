@@ -337,23 +337,59 @@ def eval_seed(seed: int, i: int) -> int:
 # evaluation
 
 
+class _MemoEncoder:
+    """Wraps an encoder and remembers ``embed_audio`` results for the exact tensors it saw (by identity), so
+    that rewards sharing an encoder embed each generated set once. Everything else is delegated."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self._memo: list[tuple[torch.Tensor, int, list[torch.Tensor]]] = []
+
+    def embed_audio(self, audio: torch.Tensor, sample_rate: int) -> list[torch.Tensor]:
+        for t, sr, frames in self._memo:
+            if t is audio and sr == sample_rate:
+                return list(frames)
+        frames = list(self.inner.embed_audio(audio, sample_rate))
+        self._memo.append((audio, sample_rate, frames))
+        return list(frames)
+
+    def embed_clip(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        return torch.stack([f.mean(dim=0) for f in self.embed_audio(audio, sample_rate)])
+
+    def __getattr__(self, key: str):
+        return getattr(self.inner, key)
+
+
+def _share_embeddings(rewards: list) -> list:
+    """Shallow copies of the rewards whose ``encoder`` is wrapped in one :class:`_MemoEncoder` per encoder."""
+    from dragontune.encoders.base import Encoder
+
+    memo: dict[int, _MemoEncoder] = {}
+    out = []
+    for name, r in rewards:
+        enc = getattr(r, "encoder", None)
+        if isinstance(enc, Encoder):
+            r = copy.copy(r)
+            r.encoder = memo.setdefault(id(enc), _MemoEncoder(enc))
+        out.append((name, r))
+    return out
+
+
 def _set_scorer(reward, batch) -> Callable[[np.ndarray], float]:
     """``indices -> set score`` of ``reward`` on a sub-batch, embedding the clips only once when it can."""
     from dragontune.rewards.base import ScoringBatch
     from dragontune.rewards.builtin import EmbeddingReward
 
-    fn = getattr(reward, "subset_scorer", None)
-    if fn is not None:
-        return fn(batch)
     if isinstance(reward, EmbeddingReward):
-        frames = reward.embed(batch)
+        frames = reward.embed(batch)  # embedded once; each resample only recomputes the set statistic
 
         def score(idx: np.ndarray) -> float:
             sel = [int(i) for i in idx]
-            r = copy.copy(reward)  # a shallow copy whose embedding step returns the cached frames
-            r.embed = lambda _b: [frames[i] for i in sel]  # type: ignore[method-assign]
+            sub = ScoringBatch(batch.audio[torch.as_tensor(sel, dtype=torch.long)], batch.sample_rate,
+                               [batch.prompts[i] for i in sel])
             with torch.no_grad():
-                return r.set_score(ScoringBatch(batch.audio[:0], batch.sample_rate, [batch.prompts[i] for i in sel]))
+                res = reward.score(sub, [frames[i] for i in sel])
+            return float(res.set_score) if res.set_score is not None else float("nan")
 
         return score
 
@@ -456,6 +492,7 @@ def evaluate_models(
     base, model = _load_pair(baseline_path, model_path, dev)
     ctx = RewardContext(codec=base.codec, device=dev, cache_dir=cache_dir)
     rewards, skipped = build_suite(specs, ctx, skip_unavailable=skip_unavailable)
+    rewards = _share_embeddings(rewards)
     t1 = time.perf_counter()
     log.info("evaluation: generating %d clips per model (%s, %d steps)", len(prompts), sampler.sampler, sampler.steps)
     audio_a = _generate_audio(base, prompts, seeds, sampler)
