@@ -207,3 +207,37 @@ def test_report_loads_in_headless_chromium(tmp_path):
     # the page itself logs nothing to the console (no script of its own, no failed resource)
     console = [ln for ln in p.stderr.splitlines() if "CONSOLE" in ln]
     assert console == [], console
+
+
+@pytest.mark.slow
+def test_report_of_a_real_tiny_run(tmp_path):
+    """DRAGON loop (2 rounds, tiny model) -> evaluate_models into run/eval -> report: every section filled."""
+    from tiny import tiny_baseline, tiny_corpus, write_prompts
+
+    from dragontune.config import load_config
+    from dragontune.dragon.loop import DragonConfig, finetune
+    from dragontune.evaluate import evaluate_models
+    from dragontune.generate import SamplerConfig
+
+    corpus = tiny_corpus(tmp_path / "corpus")
+    base = tiny_baseline(tmp_path / "base.safetensors", corpus)
+    prompts = ["a soft piano melody", "fast drums", "a slow pad", "bright bell tones"]
+    pfile = write_prompts(tmp_path / "prompts.txt", prompts)
+    run = tmp_path / "run"
+    ov = {"out_dir": run, "baseline": base, "device": "cpu", "rounds": 2, "prompts_per_round": 2,
+          "k_per_prompt": 2, "updates_per_round": 1, "batch_per_update": 2, "prompts": pfile,
+          "eval_prompts": pfile, "eval_n_prompts": 3, "eval_every": 0, "sampler.steps": 2, "sampler.cfg": 2.0,
+          "eval_sampler.steps": 2, "data.corpus": corpus, "data.duration": 1.0,
+          "reward": json.dumps({"name": "per_song_fad", "encoder": "codec",
+                                "exemplars": {"audio_dir": str(corpus / "audio")}}),
+          "watch": json.dumps([{"name": "vendi", "encoder": "codec"}])}
+    final = finetune(load_config(DragonConfig, None, [f"{k}={v}" for k, v in ov.items()]))
+    evaluate_models(base, final, prompts, ["per_song_fad/codec/piano", "vendi/codec"], corpus=corpus,
+                    sampler=SamplerConfig(steps=2, cfg=2.0), out_dir=run / "eval", n_boot=20, n_audio=2,
+                    cache_dir=tmp_path / "cache")
+    page = write_report(run).read_text()
+    assert '<div class="missing">' not in page, re.findall(r'<div class="missing">(.*?)</div>', page)
+    for needle in ("per_song_fad/codec/piano", "vendi/codec", "a soft piano melody", "implicit accuracy",
+                   "2 rounds of demonstrations"):
+        assert needle in page, needle
+    assert page.count("data:audio/wav;base64,") == 4 and page.count("data:image/png;base64,") >= 3
