@@ -368,12 +368,12 @@ def _fit_head(head: str, z: torch.Tensor, y: torch.Tensor, zv: torch.Tensor, yv:
     d = torch.cdist(z[:500], z[:500])
     med = float(d[d > 0].median())
     if head == "nadaraya_watson":
-        best = min(((float(((_nw_predict(zv, z, y, med * f) - yv) ** 2).mean()), med * f) for f in (0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0)))
+        best = min(((float(((_nw_predict(zv, z, y, med * f) - yv) ** 2).mean()), med * f) for f in (0.05, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0)))
         return {"train_z": z, "train_y": y}, {"bandwidth": best[1], "val_mse": best[0]}
     if head == "kernel_ridge":
         cands = []
-        for f in (0.25, 0.5, 1.0, 2.0):
-            for lam in (1e-3, 1e-2, 1e-1, 1.0):
+        for f in (0.25, 0.5, 1.0, 2.0, 4.0):
+            for lam in (1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0):
                 a, m = _fit_kernel_ridge(z, y, med * f, lam)
                 pred = _rbf(zv, z, med * f) @ a + m
                 cands.append((float(((pred - yv) ** 2).mean()), med * f, lam))
@@ -667,10 +667,11 @@ def _refit(head: str, params: dict, hyper: dict, z: torch.Tensor, y: torch.Tenso
 
 
 def _clean_wins(pred: np.ndarray, info: list[dict]) -> dict:
-    """Per quality: share of (clip, strength) versions scored below that clip's clean version."""
+    """Per quality and strength: share of clips whose degraded version scores below their clean version."""
     clean = {d["group"]: pred[i] for i, d in enumerate(info) if d["quality"] == "clean"}
     wins: dict[str, list[bool]] = {}
     for i, d in enumerate(info):
         if d["quality"] != "clean":
-            wins.setdefault(d["quality"], []).append(bool(pred[i] < clean[d["group"]]))
-    return {q: float(np.mean(v)) for q, v in wins.items()}
+            for key in (d["quality"], f"{d['quality']}@{d['quality_strength']:g}"):
+                wins.setdefault(key, []).append(bool(pred[i] < clean[d["group"]]))
+    return {q: float(np.mean(v)) for q, v in sorted(wins.items())}
