@@ -101,13 +101,22 @@ def test_train_from_csv_save_load_roundtrip(tmp_path):
 
 @pytest.mark.skipif(not HAVE_PREDICTOR, reason="packaged aesthetics predictor missing")
 def test_packaged_predictor_prefers_clean_for_every_defect():
-    """One unseen clip per instrument family, clean vs each defect at strength 0.8."""
+    """Four unseen clips (piano, drums, pad, pluck), clean vs each defect at full strength.
+
+    Noise, clipping and distortion must score below the clean clip on every clip; detune and jitter (subtle:
+    detuning a drum kit barely changes it) on average over the four clips.
+    """
     p = load_aesthetics()
-    cfg = make_config({"instruments": ["piano", "pluck"], "degraded_fraction": 0.0})
-    for i in range(2):
+    cfg = make_config({"degraded_fraction": 0.0})
+    margins = []
+    for i in range(4):
         row = clip_row(i, 2024, cfg)
-        versions = [render_clip(row, SR)] + [render_clip(dict(row, quality=q, quality_strength=0.8), SR) for q in QUALITIES]
+        versions = [render_clip(row, SR)] + [render_clip(dict(row, quality=q, quality_strength=1.0), SR) for q in QUALITIES]
         pred = p.predict(torch.from_numpy(np.stack(versions)).float()[:, None], SR).numpy()
         assert np.isfinite(pred).all()
-        for q, v in zip(QUALITIES, pred[1:]):
-            assert pred[0] > v, (row["instrument"], q, pred)
+        margins.append(pred[0] - pred[1:])
+    m = dict(zip(QUALITIES, np.array(margins).T))
+    for q in ("noise", "clipping", "distortion"):
+        assert (m[q] > 0.5).all(), (q, m[q])
+    for q in ("detune", "jitter"):
+        assert m[q].mean() > 0.2, (q, m[q])

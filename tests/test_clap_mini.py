@@ -127,12 +127,12 @@ def test_retrieval_on_unseen_clips_beats_chance(enc, held_out):
     t = enc.embed_text(captions)
     m = retrieval_metrics(a, t, ks=(1, 5))
     # chance: r@1 = 1/24, r@5 = 5/24
-    assert m["text_to_audio_r@5"] >= 0.5, m
-    assert m["audio_to_text_r@5"] >= 0.5, m
+    assert m["text_to_audio_r@1"] >= 0.3 and m["audio_to_text_r@1"] >= 0.3, m  # measured 0.67 / 0.67
+    assert m["text_to_audio_r@5"] >= 0.75 and m["audio_to_text_r@5"] >= 0.75, m  # measured 0.96 / 1.0
     # the best-matching clip for a caption has the caption's instrument far more often than chance (~1/6)
     best = (t @ a.T).argmax(dim=1)
     inst_acc = np.mean([instruments[int(j)] == instruments[i] for i, j in enumerate(best)])
-    assert inst_acc >= 0.6, inst_acc
+    assert inst_acc >= 0.8, inst_acc  # measured 1.0
 
 
 @needs_weights

@@ -110,8 +110,10 @@ def test_aesthetics_reward_prefers_clean():
     row = clip_row(0, 4242, cfg)
     clean = render_clip(row, SR)
     noisy = render_clip(dict(row, quality="noise", quality_strength=0.9), SR)
-    audio = torch.from_numpy(np.stack([clean, noisy, clean[:SR]])).float()[:, None]
+    audio = torch.from_numpy(np.stack([clean, noisy, clean])).float()[:, None]
+    audio[2, 0, 5] = float("inf")
     s = r(ScoringBatch(audio, SR, ["x", "x", "x"])).scores
     assert torch.isfinite(s[:2]).all() and torch.isnan(s[2]) and s[0] > s[1]
+    assert torch.isnan(r(ScoringBatch(audio[:2, :, :SR], SR, ["x", "x"])).scores).all()  # 1 s < musicnn's 3 s
     with pytest.raises(RewardError, match="unknown option"):
         build_reward({"name": "aesthetics", "pth": "x"})
