@@ -179,7 +179,8 @@ CORPUS = "${corpus}"
 #: two disjoint exemplar subsets of the embedded corpus
 EXEMPLAR_SETS = {
     "piano": {"corpus": CORPUS, "filter": "instrument=piano,quality=clean"},
-    "calm": {"corpus": CORPUS, "filter": "instrument=pad|bell|pluck,mood=calm|melancholic,quality=clean"},
+    "calm": {"corpus": CORPUS,
+             "filter": "instrument=pluck|pad|bass|bell|drums,mood=calm|melancholic|laid-back,quality=clean"},
 }
 #: text exemplars for the cross-modal centroid reward
 TEXT_EXEMPLARS = [
