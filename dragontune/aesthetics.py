@@ -546,7 +546,9 @@ def train_aesthetics(
         audio = torch.stack([fit_length(load_audio(r["path"], sr_load, mono=True), _csv_len(rows, sr_load)) for r in rows])
         y_all = np.array([r["rating"] for r in rows])
         groups = [r["prompt"] or str(r["path"]) for r in rows]
-        source = {"ratings_csv": str(ratings_csv)}
+        from dragontune.utils import sha256_file
+
+        source = {"ratings_csv": str(ratings_csv), "ratings_csv_sha256": sha256_file(ratings_csv)}
         deg_rows: list[dict] = []
     else:
         from dragontune.data.dataset import AudioCaptionDataset
@@ -564,7 +566,10 @@ def train_aesthetics(
             for i, r in enumerate(ds.rows)
         ])
         groups = [r["caption"] for r in ds.rows]
-        source = {"corpus": str(corpus_dir), "rating_formula": "clip(5 - 3.5 * w[quality] * strength + N(0, noise_std), 1, 5)",
+        from dragontune.data.dataset import find_metadata
+        from dragontune.utils import sha256_file
+
+        source = {"corpus": str(corpus_dir), "corpus_metadata_sha256": sha256_file(find_metadata(corpus_dir)), "rating_formula": "clip(5 - 3.5 * w[quality] * strength + N(0, noise_std), 1, 5)",
                   "severity_weights": SEVERITY_WEIGHTS, "noise_std": noise_std}
         held = _group_split(groups, val_fraction, f"aesthetics-{seed}")
         deg_rows = [r for r, h in zip(ds.rows, held) if h][: int(eval_clips)]

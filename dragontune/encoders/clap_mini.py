@@ -496,8 +496,10 @@ def train_clap(
     metrics["temperature"] = float(1 / model.logit_scale.detach().clamp(max=math.log(100.0)).exp())
     metrics["train_clips"] = n
     metrics["train_seconds"] = time.perf_counter() - t_start
+    from dragontune.data.dataset import find_metadata
+
     options = dict(
-        corpus_dir=str(corpus), steps=int(steps), batch=int(batch), seed=int(seed), lr=lr, weight_decay=weight_decay,
+        corpus_dir=str(corpus), corpus_metadata_sha256=sha256_file(find_metadata(corpus)), steps=int(steps), batch=int(batch), seed=int(seed), lr=lr, weight_decay=weight_decay,
         warmup=warmup, gain_db=gain_db, time_mask=time_mask, eval_split=eval_split, duration=duration, text_encoder=text_encoder,
         threads=torch.get_num_threads(),
     )
