@@ -40,6 +40,27 @@ def cmd_finetune(args) -> int:
     return _config_cmd(DragonConfig, args, lambda cfg: print(finetune(cfg, resume=args.resume)))
 
 
+def cmd_text_cache(args) -> int:
+    from dragontune.text import build_text_encoder
+    from dragontune.text_cache import write_text_cache
+
+    prompts = list(args.prompt or [])
+    if args.corpus:
+        from dragontune.data.dataset import filter_rows, load_metadata
+
+        rows = load_metadata(args.corpus)
+        if args.splits:
+            rows = filter_rows(rows, {"split": args.splits.replace(",", "|")})
+        prompts += [r["caption"] for r in rows]
+    if args.prompts:
+        prompts += read_prompts(argparse.Namespace(prompt=None, prompts=args.prompts))
+    if not prompts:
+        raise DragontuneError("text-cache: no prompts; pass --corpus DIR, --prompts FILE or --prompt TEXT")
+    enc = build_text_encoder(args.encoder)
+    print(write_text_cache(enc, prompts, args.out, args.encoder))
+    return 0
+
+
 def cmd_synth(args) -> int:
     from dragontune.data.synth import synth_corpus
     from dragontune.utils import ensure_writable_dir
@@ -137,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
     f.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     f.set_defaults(fn=cmd_finetune)
+
+    tc = sub.add_parser("text-cache", help="precompute text-encoder outputs for a prompt set")
+    tc.add_argument("--out", required=True)
+    tc.add_argument("--encoder", default="minilm")
+    tc.add_argument("--corpus", help="corpus folder: its captions")
+    tc.add_argument("--splits", default="", help="e.g. train,val (default: all)")
+    tc.add_argument("--prompt", action="append")
+    tc.add_argument("--prompts", help="text file, one prompt per line")
+    tc.set_defaults(fn=cmd_text_cache)
 
     sm = sub.add_parser("sample", help="generate audio from a checkpoint")
     sm.add_argument("--checkpoint", default=None, help="model .safetensors (default: the committed baseline)")

@@ -76,6 +76,7 @@ class PretrainConfig:
     p_std: float = P_STD
     ema_halflife_steps: float = 200.0
     text_encoder: str = "minilm"
+    text_cache: str = ""              # optional precomputed text-encoder outputs (dragontune text-cache); replaces the encoder
     log_every: int = 50
     val_every: int = 500
     val_samples: int = 64
@@ -253,7 +254,13 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
     if cfg.model.latent_channels != codec.latent_channels:
         raise ConfigError(f"model.latent_channels={cfg.model.latent_channels} but the codec has "
                           f"{codec.latent_channels} channels (codec.n_mels); make them equal")
-    text_encoder = build_text_encoder(cfg.text_encoder)
+    if cfg.text_cache:
+        from dragontune.text_cache import CachedTextEncoder
+
+        text_encoder = CachedTextEncoder(cfg.text_cache)
+        text_spec = text_encoder.spec
+    else:
+        text_encoder, text_spec = build_text_encoder(cfg.text_encoder), cfg.text_encoder
     if cfg.model.text_dim != text_encoder.dim:
         raise ConfigError(f"model.text_dim={cfg.model.text_dim} but text encoder {cfg.text_encoder!r} has "
                           f"dim {text_encoder.dim}; make them equal")
@@ -266,7 +273,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
         vsig = sample_sigma(n, vg, cfg.p_mean, cfg.p_std)
         vl = encode_latents(codec, va[:n])
         val = (vl, TextTable(text_encoder, vc[:n]), vsig, torch.randn(vl.shape, generator=vg))
-    spec = ModelSpec(model=cfg.model, codec=codec.config(), text_encoder=cfg.text_encoder,
+    spec = ModelSpec(model=cfg.model, codec=codec.config(), text_encoder=text_spec,
                      text_encoder_id=text_encoder.id, latent_frames=F,
                      extra={"pretrain_config": to_dict(cfg)})
 
@@ -330,7 +337,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
         with torch.no_grad():
             for pe, pn in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pn.detach(), 1 - decay)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update(1)
         rec = None
         if step % cfg.log_every == 0 or step == cfg.steps:

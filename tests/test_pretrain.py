@@ -16,7 +16,7 @@ def tiny_cfg(tmp_path, corpus, out, steps=6):
         f"out_dir={out}", f"data.corpus={corpus}", "data.synth_n=16", "data.duration=1.0",
         f"steps={steps}", "batch_size=4", "log_every=2", "val_every=3", "val_samples=4", "ckpt_every=3",
         "sample_every=0", "sample_steps=2", "sample_prompts=[a soft piano melody]",
-        "model.width=32", "model.depth=2", "model.heads=2", "model.patch_size=2", "model.noise_freqs=16",
+        "model.width=32", "model.depth=2", "model.heads=2", "model.patch_size=5", "model.noise_freqs=16",
         "codec.n_mels=16", "codec.n_fft=256", "codec.hop_length=128", "model.latent_channels=16",
         "codec.griffin_lim_iters=2", "ema_halflife_steps=2", "device=cpu",
     ])
