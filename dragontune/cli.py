@@ -119,6 +119,111 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    import yaml
+
+    from dragontune.audio import fit_length, load_audio
+    from dragontune.models.checkpoint import load_model
+    from dragontune.rewards.registry import RewardContext, build_reward, format_result_table, score_audio
+    from dragontune.utils import atomic_write_json
+
+    spec = yaml.safe_load(args.reward) if args.reward.strip().startswith("{") else {"name": args.reward}
+    if args.encoder:
+        spec["encoder"] = args.encoder
+    if args.exemplars:
+        ex = args.exemplars
+        if Path(ex).is_dir() and (Path(ex) / "audio").is_dir() and args.filter:
+            spec["exemplars"] = {"corpus": ex, "filter": args.filter}
+        elif Path(ex).is_dir() and not (Path(ex) / "audio").is_dir():
+            spec["exemplars"] = {"audio_dir": ex}
+        elif Path(ex).is_file() and ex.endswith(".txt"):
+            spec["exemplars"] = {"texts": [t.strip() for t in Path(ex).read_text().splitlines() if t.strip()]}
+        else:
+            spec["exemplars"] = {"corpus": ex, **({"filter": args.filter} if args.filter else {})}
+    model = load_model(args.checkpoint)
+    ctx = RewardContext(codec=model.codec)
+    reward = build_reward(spec, ctx)
+    sr = model.sample_rate
+    if args.run:
+        import json as _json
+
+        run = Path(args.run)
+        rows = [_json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()] if (run / "samples.jsonl").is_file() else []
+        files = [run / r["file"] for r in rows] or sorted(run.glob("*.wav"))
+        prompts = [r["prompt"] for r in rows] or [""] * len(files)
+    else:
+        d = Path(args.audio_dir)
+        if not d.is_dir():
+            raise DragontuneError(f"--audio-dir {str(d)!r} is not a directory")
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in (".wav", ".flac"))
+        prompts = [args.prompt or ""] * len(files)
+    if not files:
+        raise DragontuneError("no audio files to score (.wav or .flac)")
+    clips = [load_audio(f, sr) for f in files]
+    T = max(c.shape[-1] for c in clips)
+    audio = torch_stack([fit_length(c, T) for c in clips])
+    result = score_audio(reward, audio, sr, prompts)
+    print(format_result_table(result, [f.name for f in files]))
+    out = {"reward": spec, "name": result.name, "files": [str(f) for f in files],
+           "scores": [float(x) for x in result.scores], "set_score": result.set_score,
+           "credit": None if result.credit is None else [float(x) for x in result.credit]}
+    atomic_write_json(args.out, out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def torch_stack(xs):
+    import torch
+
+    return torch.stack(xs)
+
+
+def cmd_encoders(args) -> int:
+    from dragontune.encoders.catalog import format_encoder_table, list_encoders
+
+    print(format_encoder_table(list_encoders(clap_hf_path=args.path)))
+    return 0
+
+
+def cmd_train_clap(args) -> int:
+    from dragontune.encoders.clap_mini import train_clap
+
+    res = train_clap(args.corpus, args.out, steps=args.steps, batch=args.batch, seed=args.seed)
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+def cmd_train_aesthetics(args) -> int:
+    from dragontune.aesthetics import train_aesthetics
+
+    kw = {"encoders": args.encoders.split(",")} if args.encoders else {}
+    res = train_aesthetics(args.corpus, args.out, ratings_csv=args.ratings, seed=args.seed,
+                           report_path=args.report, **kw)
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from dragontune.evaluate import evaluate_models, format_eval_table, load_prompts
+    from dragontune.generate import SamplerConfig
+
+    prompts = load_prompts(args.prompts, corpus=args.corpus, limit=args.n)
+    suite = args.suite if args.suite == "default" else [s for s in args.suite.split(",") if s]
+    res = evaluate_models(args.baseline, args.model, prompts, suite, seed=args.seed,
+                          sampler=SamplerConfig(steps=args.steps, cfg=args.cfg), device=args.device,
+                          out_dir=args.out, corpus=args.corpus, skip_unavailable=args.skip_unavailable)
+    print(format_eval_table(res))
+    print(f"wrote {args.out}/eval.json and eval.md")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from dragontune.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from dragontune.demo import run_demo
 
@@ -167,6 +272,60 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--prompt", action="append")
     tc.add_argument("--prompts", help="text file, one prompt per line")
     tc.set_defaults(fn=cmd_text_cache)
+
+    sc = sub.add_parser("score", help="score audio files with a reward")
+    sc.add_argument("--reward", required=True, help="reward name (e.g. per_song_fad) or a YAML/JSON spec")
+    sc.add_argument("--encoder", default=None, help="encoder name (codec, musicnn, aisfx, clap-mini, ...)")
+    sc.add_argument("--exemplars", default=None,
+                    help="audio folder, corpus folder (with --filter), or a .txt file of text exemplars")
+    sc.add_argument("--filter", default=None, help="corpus metadata filter, e.g. instrument=piano,quality=clean")
+    g = sc.add_mutually_exclusive_group(required=True)
+    g.add_argument("--audio-dir")
+    g.add_argument("--run", help="a folder written by `dragontune sample` (uses its prompts)")
+    sc.add_argument("--prompt", default=None, help="prompt for every clip of --audio-dir (clap/tag scores)")
+    sc.add_argument("--checkpoint", default=None, help="model whose codec the codec encoder uses (default baseline)")
+    sc.add_argument("--out", default="score.json")
+    sc.set_defaults(fn=cmd_score)
+
+    en = sub.add_parser("encoders", help="list the encoders, their dims, rates and weights")
+    en.add_argument("--path", default=None, help="a local LAION-CLAP (transformers) folder for clap-hf")
+    en.set_defaults(fn=cmd_encoders)
+
+    tcl = sub.add_parser("train-clap", help="train the clap-mini text-audio model on the corpus")
+    tcl.add_argument("--corpus", default="data/corpus")
+    tcl.add_argument("--out", default=None, help="default: the packaged asset")
+    tcl.add_argument("--steps", type=int, default=600)
+    tcl.add_argument("--batch", type=int, default=128)
+    tcl.add_argument("--seed", type=int, default=0)
+    tcl.set_defaults(fn=cmd_train_clap)
+
+    ta = sub.add_parser("train-aesthetics", help="train the aesthetics predictor")
+    ta.add_argument("--corpus", default="data/corpus")
+    ta.add_argument("--ratings", default=None, help="CSV path,rating (1-5) instead of the corpus formula")
+    ta.add_argument("--encoders", default=None, help="comma list, e.g. musicnn-penultimate,clap-mini")
+    ta.add_argument("--out", default=None, help="default: the packaged asset")
+    ta.add_argument("--report", default=None, help="JSON report path")
+    ta.add_argument("--seed", type=int, default=0)
+    ta.set_defaults(fn=cmd_train_aesthetics)
+
+    ev = sub.add_parser("eval", help="win rates of a model against a baseline over a reward suite")
+    ev.add_argument("--baseline", default=None, help="default: the committed baseline")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--prompts", default="test", help="test | val | FILE")
+    ev.add_argument("--n", type=int, default=None, help="use the first N prompts")
+    ev.add_argument("--suite", default="default", help="default | comma-separated reward names")
+    ev.add_argument("--corpus", default="data/corpus")
+    ev.add_argument("--steps", type=int, default=40)
+    ev.add_argument("--cfg", type=float, default=4.0)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--skip-unavailable", action="store_true")
+    ev.add_argument("--out", default="runs/eval")
+    ev.set_defaults(fn=cmd_eval)
+
+    rp = sub.add_parser("report", help="write RUN_DIR/report.html")
+    rp.add_argument("run_dir")
+    rp.set_defaults(fn=cmd_report)
 
     sm = sub.add_parser("sample", help="generate audio from a checkpoint")
     sm.add_argument("--checkpoint", default=None, help="model .safetensors (default: the committed baseline)")
