@@ -577,6 +577,12 @@ def train_aesthetics(
     tr_idx, va_idx = np.flatnonzero(~held), np.flatnonzero(held)
     inner = _group_split([groups[i] for i in tr_idx], 0.15, f"aesthetics-inner-{seed}")
     fit_idx, sel_idx = tr_idx[~inner], tr_idx[inner]
+    if min(len(fit_idx), len(sel_idx), len(va_idx)) < 2:
+        raise DataError(
+            f"splitting {len(groups)} clips in {len(set(groups))} prompt groups by prompt gave {len(fit_idx)} fit, "
+            f"{len(sel_idx)} selection and {len(va_idx)} validation clips; each needs at least 2: add clips or "
+            f"prompts, or change val_fraction={val_fraction} / seed={seed}"
+        )
     log.info("aesthetics: %d clips: %d train (%d fit + %d select), %d validation", len(groups), len(tr_idx), len(fit_idx), len(sel_idx), len(va_idx))
     deg_audio, deg_info = (degradation_set(deg_rows, sample_rate=sr_load) if deg_rows else (None, []))
     y_t = torch.from_numpy(y_all).to(torch.float64)

@@ -95,6 +95,9 @@ def test_train_from_csv_save_load_roundtrip(tmp_path):
     assert torch.equal(load_aesthetics(out).predict(audio, SR), a)
     with pytest.raises(ConfigError):
         train_aesthetics(ratings_csv=csv_path, out_path=out, encoders=("nope",))
+    one_prompt = _write_csv(tmp_path, [ln.rsplit(",", 1)[0] + ",same" if i else ln for i, ln in enumerate(lines)])
+    with pytest.raises(DataError, match="each needs at least 2"):
+        train_aesthetics(ratings_csv=one_prompt, out_path=out, encoders=("codec",))
     with pytest.raises(CheckpointError, match="not found"):
         load_aesthetics(tmp_path / "none.safetensors")
 
