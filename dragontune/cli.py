@@ -148,9 +148,16 @@ def cmd_score(args) -> int:
         import json as _json
 
         run = Path(args.run)
-        rows = [_json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()] if (run / "samples.jsonl").is_file() else []
-        files = [run / r["file"] for r in rows] or sorted(run.glob("*.wav"))
-        prompts = [r["prompt"] for r in rows] or [""] * len(files)
+        idx = run / "eval" / "audio" / "index.json"
+        if (run / "samples.jsonl").is_file():  # written by `dragontune sample`
+            rows = [_json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+            files, prompts = [run / r["file"] for r in rows], [r["prompt"] for r in rows]
+        elif idx.is_file():  # a DRAGON run directory: the fine-tuned model's evaluation clips
+            pairs = _json.loads(idx.read_text())["pairs"]
+            files, prompts = [idx.parent / p["model"] for p in pairs], [p["prompt"] for p in pairs]
+        else:
+            files = sorted(run.glob("*.wav"))
+            prompts = [""] * len(files)
     else:
         d = Path(args.audio_dir)
         if not d.is_dir():
@@ -281,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--filter", default=None, help="corpus metadata filter, e.g. instrument=piano,quality=clean")
     g = sc.add_mutually_exclusive_group(required=True)
     g.add_argument("--audio-dir")
-    g.add_argument("--run", help="a folder written by `dragontune sample` (uses its prompts)")
+    g.add_argument("--run", help="a folder written by `dragontune sample`, or a DRAGON run directory "
+                                  "(its evaluation clips); prompts come with them")
     sc.add_argument("--prompt", default=None, help="prompt for every clip of --audio-dir (clap/tag scores)")
     sc.add_argument("--checkpoint", default=None, help="model whose codec the codec encoder uses (default baseline)")
     sc.add_argument("--out", default="score.json")

@@ -13,8 +13,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from dragontune.config import load_config
 from dragontune.utils import log
 
@@ -40,8 +38,6 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, corpus: str | N
 
     t0 = time.time()
     out = Path(out)
-    if torch.get_num_threads() > 2 and not torch.cuda.is_available():
-        pass  # leave the user's thread settings alone
     corpus = corpus or ("data/corpus" if Path("data/corpus/metadata.jsonl").is_file() or not quick else "data/corpus-quick")
     cfg = load_config(DragonConfig, CONFIG if CONFIG.is_file() else None, demo_overrides(out, corpus, quick))
     log.info("demo: corpus %s, run directory %s (%s)", corpus, out, "quick" if quick else "full")

@@ -70,6 +70,19 @@ def _validate_texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
+def pad_states(states: Sequence[torch.Tensor], dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpadded per-prompt token states ``[L_i, dim]`` -> ``(hidden[B, L, dim], mask[B, L])``, zeros past L_i."""
+    L = max(s.shape[0] for s in states)
+    hidden = torch.zeros(len(states), L, dim, dtype=torch.float32)
+    mask = torch.zeros(len(states), L, dtype=torch.bool)
+    for b, s in enumerate(states):
+        hidden[b, : s.shape[0]] = s
+        mask[b, : s.shape[0]] = True
+    if device is not None:
+        hidden, mask = hidden.to(device), mask.to(device)
+    return hidden, mask
+
+
 class TextEncoder(abc.ABC):
     """Frozen prompt encoder. ``encode(texts) -> (hidden[B, L, dim] float32, mask[B, L] bool)``.
 
@@ -197,15 +210,7 @@ class TextEncoder(abc.ABC):
             if missing:
                 self._encode_missing(missing)
             states = [self._cache[t] for t in texts]
-        L = max(s.shape[0] for s in states)
-        hidden = torch.zeros(len(states), L, self.dim, dtype=torch.float32)
-        mask = torch.zeros(len(states), L, dtype=torch.bool)
-        for b, s in enumerate(states):
-            hidden[b, : s.shape[0]] = s
-            mask[b, : s.shape[0]] = True
-        if device is not None:
-            hidden, mask = hidden.to(device), mask.to(device)
-        return hidden, mask
+        return pad_states(states, self.dim, device)
 
     def cache_size(self) -> int:
         return len(self._cache)

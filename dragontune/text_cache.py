@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from dragontune.errors import DataError
+from dragontune.text import pad_states
 from dragontune.utils import load_safetensors, save_safetensors_atomic
 
 FORMAT = "dragontune-text-cache-1"
@@ -65,13 +66,4 @@ class CachedTextEncoder:
                 f"prompt {missing[0]!r} (and {len(missing) - 1} more) is not in the text cache {str(self.path)!r}; "
                 "rebuild the cache with these prompts or use the text encoder itself"
             )
-        states = [self._states[t] for t in texts]
-        L = max(s.shape[0] for s in states)
-        hidden = torch.zeros(len(states), L, self.dim)
-        mask = torch.zeros(len(states), L, dtype=torch.bool)
-        for b, s in enumerate(states):
-            hidden[b, : s.shape[0]] = s
-            mask[b, : s.shape[0]] = True
-        if device is not None:
-            hidden, mask = hidden.to(device), mask.to(device)
-        return hidden, mask
+        return pad_states([self._states[t] for t in texts], self.dim, device)

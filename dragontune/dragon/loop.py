@@ -35,7 +35,7 @@ from dragontune.generate import SamplerConfig, generate_latents
 from dragontune.models.checkpoint import load_model, load_state_strict, save_model
 from dragontune.models.edm import P_MEAN, P_STD, denoising_loss, sample_sigma
 from dragontune.rewards.base import ScoringBatch
-from dragontune.train import DataConfig, ensure_corpus
+from dragontune.train import DataConfig, OptimConfig, ensure_corpus
 from dragontune.utils import (
     atomic_write_json,
     atomic_write_text,
@@ -49,12 +49,13 @@ from dragontune.utils import (
 
 
 @dataclasses.dataclass
-class DragonOptimConfig:
+class DragonOptimConfig(OptimConfig):
+    """Adam settings with the paper's DRAGON values as defaults (lr 3e-6, gradient clip 45, no warm-up)."""
+
     lr: float = 3e-6
-    beta1: float = 0.9
     beta2: float = 0.999
-    weight_decay: float = 0.0
     grad_clip: float = 45.0
+    warmup_steps: int = 0
 
 
 @dataclasses.dataclass
@@ -290,7 +291,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
             if demos.is_empty():
                 skipped += 1
                 log.warning("round %d: no demonstrations (all ties?); round skipped (%d so far)", rnd, skipped)
-                demos_for_log, demos = demos, None
+                demos = None
             if n_nan:
                 log.info("round %d: %d samples with NaN reward dropped", rnd, n_nan)
         rec["skipped_rounds"] = skipped
@@ -379,6 +380,9 @@ def _train_round(cfg, policy, reference, opt, demos, latents, prompts, rnd, use_
         else:
             loss, st = diffusion_kto_loss(err_pol, err_ref, chunk[:, 1].bool().to(device), beta=cfg.beta,
                                           w_desirable=cfg.kto_w_desirable, w_undesirable=cfg.kto_w_undesirable)
+        step = (rnd - 1) * cfg.updates_per_round + m + 1
+        for grp in opt.param_groups:
+            grp["lr"] = cfg.optim.lr * min(1.0, step / max(1, cfg.optim.warmup_steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         dist.average_gradients(policy.net.parameters())
