@@ -34,7 +34,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, corpus: str | N
     from dragontune.dragon.loop import DragonConfig, finetune
     from dragontune.evaluate import evaluate_models, format_eval_table, load_prompts
     from dragontune.report import write_report
-    from dragontune.train import ensure_corpus
+    from dragontune.data.corpus import ensure_corpus
 
     t0 = time.time()
     out = Path(out)

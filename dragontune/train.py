@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 
 from dragontune.config import dump_yaml, to_dict
+from dragontune.data.corpus import DataConfig, ensure_corpus
+from dragontune.optim import OptimConfig, flatten_optimizer, unflatten_optimizer
 from dragontune.errors import CheckpointError, ConfigError
 from dragontune.models.checkpoint import ModelSpec, load_state_strict, save_model
 from dragontune.models.dit import DiT, DiTConfig
@@ -39,27 +40,6 @@ class CodecConfig:
     hop_length: int = 256
     n_mels: int = 64
     griffin_lim_iters: int = 32
-
-
-@dataclasses.dataclass
-class DataConfig:
-    corpus: str = "data/corpus"       # folder with audio/ + metadata.jsonl (synthesised if missing)
-    synth_n: int = 2000               # clips to synthesise when the corpus folder is missing
-    synth_seed: int = 0
-    duration: float = 4.0             # seconds per clip (crop / pad)
-    train_split: str = "train"
-    val_split: str = "val"
-    filter: str = ""                  # optional metadata filter, e.g. "quality=clean"
-
-
-@dataclasses.dataclass
-class OptimConfig:
-    lr: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.99
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0            # max global grad norm (0 = off)
-    warmup_steps: int = 100           # linear lr warm-up
 
 
 @dataclasses.dataclass
@@ -97,18 +77,6 @@ class PretrainConfig:
 
 # ----------------------------------------------------------------------------------------------------------
 # data preparation
-
-
-def ensure_corpus(data: DataConfig) -> Path:
-    root = Path(data.corpus)
-    if not (root / "metadata.jsonl").is_file() and not any(
-        (root / n).is_file() for n in ("captions.jsonl", "captions.csv")
-    ):
-        from dragontune.data.synth import synth_corpus
-
-        log.info("corpus %s missing: synthesising %d clips (seed %d)", root, data.synth_n, data.synth_seed)
-        synth_corpus(root, n=data.synth_n, seed=data.synth_seed)
-    return root
 
 
 def load_split(data: DataConfig, split: str, sample_rate: int):
@@ -159,35 +127,11 @@ def _state_paths(out: Path, step: int) -> tuple[Path, Path]:
     return d / f"step-{step:07d}.safetensors", d / f"step-{step:07d}.state.safetensors"
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{k}"] = v
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith("optim."):
-            _, pid, k = key.split(".", 2)
-            state.setdefault(int(pid), {})[k] = v
-    for key, v in meta["scalars"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 def save_training_state(out: Path, step: int, epoch: int, pos: int, net, ema, opt, gen: torch.Generator,
                         spec: ModelSpec, keep: int, extra: dict | None = None) -> Path:
     model_path, state_path = _state_paths(out, step)
     save_model(model_path, ema, spec)  # EMA weights: the model to use
-    tensors, ometa = _flatten_optimizer(opt)
+    tensors, ometa = flatten_optimizer(opt)
     tensors.update({f"net.{k}": v for k, v in net.state_dict().items()})
     tensors["rng.train"] = gen.get_state()
     meta = {"step": step, "epoch": epoch, "pos": pos, "optim": ometa, "extra": extra or {}}
@@ -291,7 +235,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
         ema_t, tensors, meta = resumed
         load_state_strict(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, str(out))
         load_state_strict(ema, {k[4:]: v for k, v in ema_t.items() if k.startswith("net.")}, str(out))
-        opt.load_state_dict(_unflatten_optimizer(tensors, meta["optim"]))
+        opt.load_state_dict(unflatten_optimizer(tensors, meta["optim"]))
         gen.set_state(tensors["rng.train"])
         step, epoch, pos = meta["step"], meta["epoch"], meta["pos"]
         log.info("resumed from step %d", step)

@@ -12,7 +12,6 @@ ceiling the codec allows). Prints a markdown section.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np

@@ -215,6 +215,7 @@ def test_split_members_in_both_halves_and_deterministic():
     assert abs(d1.info["size_1"] - d1.info["size_2"]) <= 1
     pos, neg = lab > 0, lab < 0
     assert d1.info["set_score_pos"] == pytest.approx(float(value[pos].sum()))
+    assert d1.info["set_score_neg"] == pytest.approx(float(value[neg].sum()))
     assert d1.info["set_score_pos"] > d1.info["set_score_neg"]
     # different seeds give different partitions (at least one of a few)
     others = [split(f, g, torch.Generator().manual_seed(s), loss="kto").labels for s in range(5)]

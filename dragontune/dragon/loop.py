@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from dragontune import dist
-from dragontune.config import dump_yaml, to_dict
+from dragontune.config import dump_yaml
 from dragontune.dragon.builders import build_demonstrations, validate_combination
 from dragontune.dragon.losses import diffusion_dpo_loss, diffusion_kto_loss
 from dragontune.dragon.subsets import subset_scorer
@@ -35,7 +35,8 @@ from dragontune.generate import SamplerConfig, generate_latents
 from dragontune.models.checkpoint import load_model, load_state_strict, save_model
 from dragontune.models.edm import P_MEAN, P_STD, denoising_loss, sample_sigma
 from dragontune.rewards.base import ScoringBatch
-from dragontune.train import DataConfig, OptimConfig, ensure_corpus
+from dragontune.data.corpus import DataConfig, ensure_corpus
+from dragontune.optim import OptimConfig, flatten_optimizer, unflatten_optimizer
 from dragontune.utils import (
     atomic_write_json,
     atomic_write_text,
@@ -87,7 +88,7 @@ class DragonConfig:
     watch: list[dict] = dataclasses.field(default_factory=list)   # rewards logged, not optimised
     prompts: str = "corpus:train"      # corpus:SPLIT or a text file with one prompt per line
     eval_prompts: str = "corpus:test"
-    eval_n_prompts: int = 16
+    eval_n_prompts: int = 16          # held-out prompts evaluated in the loop (0 = off)
     eval_every: int = 5                # rounds between held-out evaluations (0 = only first and last)
     ckpt_every: int = 5
     write_demos: bool = True
@@ -143,11 +144,9 @@ def round_prompts(pool: list[str], seed: int, rnd: int, n: int) -> list[str]:
 
 
 def _save_checkpoint(out: Path, rnd: int, policy, opt) -> None:
-    from dragontune.train import _flatten_optimizer
-
     d = out / "checkpoints"
     save_model(d / f"round-{rnd:05d}.safetensors", policy.net, policy.spec)
-    tensors, ometa = _flatten_optimizer(opt)
+    tensors, ometa = flatten_optimizer(opt)
     save_safetensors_atomic(tensors, d / f"round-{rnd:05d}.state.safetensors",
                             {"state": json.dumps({"round": rnd, "optim": ometa}, default=str)})
     atomic_write_json(d / "latest.json", {"round": rnd, "model": f"round-{rnd:05d}.safetensors",
@@ -156,8 +155,6 @@ def _save_checkpoint(out: Path, rnd: int, policy, opt) -> None:
 
 def _load_checkpoint(out: Path, policy, opt) -> int:
     from dragontune.models.checkpoint import read_model_file
-    from dragontune.train import _unflatten_optimizer
-
     latest = out / "checkpoints" / "latest.json"
     if not latest.is_file():
         raise CheckpointError(f"--resume: {str(latest)!r} not found; run without --resume to start fresh")
@@ -165,7 +162,7 @@ def _load_checkpoint(out: Path, policy, opt) -> int:
     state, _ = read_model_file(out / "checkpoints" / info["model"])
     load_state_strict(policy.net, state, info["model"])
     tensors, meta = load_safetensors(out / "checkpoints" / info["state"])
-    opt.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["state"])["optim"]))
+    opt.load_state_dict(unflatten_optimizer(tensors, json.loads(meta["state"])["optim"]))
     return int(info["round"])
 
 
@@ -204,7 +201,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     watch = [build_reward(w, ctx) for w in cfg.watch]
     validate_combination(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options)
     pool = load_prompt_pool(cfg.prompts, cfg.data)
-    eval_pool = load_prompt_pool(cfg.eval_prompts, cfg.data)[: cfg.eval_n_prompts]
+    eval_pool = load_prompt_pool(cfg.eval_prompts, cfg.data)[: cfg.eval_n_prompts] if cfg.eval_n_prompts > 0 else []
     opt = torch.optim.Adam(policy.net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                            weight_decay=cfg.optim.weight_decay)
     ref_hash = sha256_tensors(reference.net.state_dict())
@@ -227,6 +224,8 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         atomic_write_json(out / "batch_arithmetic.json", arith)
 
     def evaluate(model) -> dict:
+        if not eval_pool:  # eval_n_prompts: 0 turns the in-loop evaluation off
+            return {}
         seeds = [derived_seed(cfg.seed, "eval", i) for i in range(len(eval_pool))]
         lat = generate_latents(model, eval_pool, seeds, cfg.eval_sampler, autocast_bf16=use_bf16)
         batch = ScoringBatch(model.decode(lat), model.sample_rate, eval_pool)
