@@ -101,7 +101,7 @@ def cmd_sample(args) -> int:
     out = ensure_writable_dir(args.out)
     model = load_model(args.checkpoint, device=resolve_device(args.device))
     sc = SamplerConfig(steps=args.steps, sampler=args.sampler, cfg=args.cfg, cfgpp=args.cfgpp,
-                       cfgpp_scale=args.cfgpp_scale)
+                       cfgpp_scale=args.cfgpp_scale, cfgpp_steps=list(args.cfgpp_steps or []))
     rows, P, S = [], [], []
     for i, p in enumerate(prompts):
         for k in range(args.n_per_prompt):
@@ -344,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--steps", type=int, default=40)
     sm.add_argument("--cfg", type=float, default=4.0)
     sm.add_argument("--cfgpp", action="store_true")
-    sm.add_argument("--cfgpp-scale", type=float, default=0.6)
+    sm.add_argument("--cfgpp-scale", type=float, default=0.6, help="CFG++ lambda, typically in [0, 1]")
+    sm.add_argument("--cfgpp-steps", type=int, nargs=2, metavar=("START", "STOP"),
+                    help="apply CFG++ on steps [START, STOP) only, plain CFG (--cfg) elsewhere")
     sm.add_argument("--sampler", default="dpmpp_2m")
     sm.add_argument("--device", default="auto")
     sm.add_argument("--out", required=True)

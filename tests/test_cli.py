@@ -55,6 +55,9 @@ def test_sample_and_score_commands(env, tmp_path, capsys):
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all((out / r["file"]).is_file() for r in rows)
     assert [r["seed"] for r in rows] == [0, 1, 2, 3]
+    assert main(["sample", "--checkpoint", str(env["base"]), "--prompt", "fast drums", "--steps", "4",
+                 "--cfgpp", "--cfgpp-scale", "0.5", "--cfgpp-steps", "0", "2", "--out", str(tmp_path / "pp")]) == 0
+    assert (tmp_path / "pp" / "0000_seed0.wav").is_file()
     js = tmp_path / "score.json"
     assert main(["score", "--reward", "fad", "--encoder", "codec", "--exemplars", str(env["corpus"] / "audio"),
                  "--run", str(out), "--checkpoint", str(env["base"]), "--out", str(js)]) == 0
