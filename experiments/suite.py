@@ -62,10 +62,15 @@ def main():
     lines = ["# Results: the suite experiment", "",
              f"One DRAGON run per reward from the committed baseline (`configs/dragon_cpu.yaml`, {args.rounds} rounds "
              f"each), evaluated against the baseline on {len(prompts)} held-out test-split prompts with the same seeds "
-             f"and sampler, for the reward it was trained on. Command: `python experiments/suite.py --rounds "
-             f"{args.rounds} --n-eval {args.n_eval}` ({(time.time() - t_all) / 60:.0f} min on this 2-core CPU for "
+             f"and sampler, for the reward it was trained on. Command: `python experiments/suite.py --suite "
+             f"{args.suite} --rounds {args.rounds} --n-eval {args.n_eval}` ({(time.time() - t_all) / 60:.0f} min on this 2-core CPU for "
              "the runs not already done).", "",
-             "| reward | class | win rate [95 % interval] | before -> after |", "|---|---|---|---|"]
+             "Per-sample rewards (instance, instance_to_dist): share of prompts on which the fine-tuned model scores "
+             "higher (ties count half), Wilson 95 % interval. Set rewards (dist_to_dist): share of 200 bootstrap "
+             "resamples of the prompt set (same indices for both models) on which its set score is higher; that "
+             "interval is a Wilson interval over resamples, which are not independent data, so it is narrower than a "
+             "sampling interval — `eval.json` of each run also holds the percentile interval of the score difference.",
+             "", "| reward | class | win rate [95 % interval] | before -> after |", "|---|---|---|---|"]
     wins = []
     for name, ev in rows:
         r = ev["rewards"][0]
