@@ -311,13 +311,7 @@ class AisfxEncoder(Encoder):
 
     def spectrogram_blocks(self, audio: torch.Tensor, sample_rate: int) -> list[torch.Tensor]:
         """``audio[B, C, T]`` -> B stacks of input blocks ``[blocks, 100, 96]`` (float32, on ``device``)."""
-        if not isinstance(audio, torch.Tensor) or audio.dim() != 3:
-            shape = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
-            raise EncoderError(f"encoder 'aisfx' expects audio[B, C, T], got {shape}")
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-            raise EncoderError(f"sample_rate must be a positive int, got {sample_rate!r}")
-        if audio.shape[1] == 0:
-            raise EncoderError(f"encoder 'aisfx' got audio with 0 channels (shape {tuple(audio.shape)})")
+        self.check_input(audio, sample_rate)
         if audio.shape[0] == 0:
             return []
         self.check_length(audio, int(sample_rate))

@@ -8,6 +8,7 @@ also embed text. Weights load lazily from a local path; nothing is ever download
 from __future__ import annotations
 
 import abc
+import numbers
 from typing import Sequence
 
 import torch
@@ -45,6 +46,16 @@ class Encoder(abc.ABC):
     def embed_clip(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """One vector per clip: the mean over its frames. ``[B, dim]``."""
         return torch.stack([f.mean(dim=0) for f in self.embed_audio(audio, sample_rate)])
+
+    def check_input(self, audio: torch.Tensor, sample_rate: int) -> None:
+        """Raise EncoderError unless ``audio`` is a ``[B, C, T]`` tensor with C >= 1 and ``sample_rate`` a positive int."""
+        if not isinstance(audio, torch.Tensor) or audio.dim() != 3:
+            shape = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
+            raise EncoderError(f"encoder {self.name!r} expects audio[B, C, T], got {shape}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
+            raise EncoderError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        if audio.shape[1] == 0:
+            raise EncoderError(f"encoder {self.name!r} got audio with 0 channels (shape {tuple(audio.shape)})")
 
     def check_length(self, audio: torch.Tensor, sample_rate: int) -> None:
         need = self.min_samples * sample_rate / self.sample_rate

@@ -281,13 +281,7 @@ class ClapMiniEncoder(Encoder):
 
     def log_mel_windows(self, audio: torch.Tensor, sample_rate: int) -> list[torch.Tensor]:
         """``audio[B, C, T]`` -> B stacks of log-mel windows ``[windows, n_mels, window_frames]``."""
-        if not isinstance(audio, torch.Tensor) or audio.dim() != 3:
-            shape = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
-            raise EncoderError(f"encoder {self.name!r} expects audio [B, C, T], got {shape}")
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise EncoderError(f"sample_rate must be a positive int, got {sample_rate!r}")
-        if audio.shape[1] == 0:
-            raise EncoderError(f"encoder {self.name!r} got audio with 0 channels (shape {tuple(audio.shape)})")
+        self.check_input(audio, sample_rate)
         model = self._load()
         cfg = model.cfg
         if audio.shape[0] == 0:

@@ -57,9 +57,7 @@ class CodecEncoder(Encoder):
             return self._pool(latent.detach())
 
     def embed_audio(self, audio: torch.Tensor, sample_rate: int) -> list[torch.Tensor]:
-        if not isinstance(audio, torch.Tensor) or audio.dim() != 3:
-            shape = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
-            raise EncoderError(f"encoder {self.name!r} expects audio [B, C, T], got {shape}")
+        self.check_input(audio, sample_rate)
         self.check_length(audio, sample_rate)
         validate_audio(audio, "audio passed to the codec encoder")
         with torch.no_grad():

@@ -360,13 +360,7 @@ class MusicnnEncoder(Encoder):
     # -- audio -----------------------------------------------------------------------------------
     def log_mel_patches(self, audio: torch.Tensor, sample_rate: int) -> list[torch.Tensor]:
         """``audio[B, C, T]`` -> list of B log-mel patch stacks ``[patches, 187, 96]`` (float32)."""
-        if not isinstance(audio, torch.Tensor) or audio.dim() != 3:
-            shape = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
-            raise EncoderError(f"musicnn expects audio[B, C, T], got {shape}")
-        if not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise EncoderError(f"sample_rate must be a positive int, got {sample_rate!r}")
-        if audio.shape[1] == 0:
-            raise EncoderError(f"musicnn got audio with 0 channels (shape {tuple(audio.shape)})")
+        self.check_input(audio, sample_rate)
         if audio.shape[0] == 0:
             return []
         validate_audio(audio, "audio given to the musicnn encoder")
