@@ -56,6 +56,16 @@ def _clip_ok(name: str, audio: torch.Tensor, i: int, min_seconds: float, sample_
     return True
 
 
+def _scorable(name: str, batch: ScoringBatch, encoder: Encoder, need_prompt: bool) -> tuple[torch.Tensor, list[int]]:
+    """Check the batch; return NaN-filled scores ``[N]`` and the indices of clips (and prompts) that can be scored."""
+    _check_batch(name, batch)
+    n = batch.audio.shape[0]
+    min_s = encoder.min_samples / encoder.sample_rate
+    ok = [i for i in range(n) if (not need_prompt or _prompt_ok(name, batch.prompts[i], i))
+          and _clip_ok(name, batch.audio[i], i, min_s, batch.sample_rate)]
+    return torch.full((n,), float("nan"), dtype=torch.float64), ok
+
+
 def _prompt_ok(name: str, prompt: Any, i: int) -> bool:
     if isinstance(prompt, str) and prompt.strip():
         return True
@@ -78,12 +88,7 @@ class ClapScoreReward(Reward):
         self.encoder = encoder
 
     def __call__(self, batch: ScoringBatch) -> RewardResult:
-        _check_batch(self.name, batch)
-        n = batch.audio.shape[0]
-        scores = torch.full((n,), float("nan"), dtype=torch.float64)
-        min_s = self.encoder.min_samples / self.encoder.sample_rate
-        ok = [i for i in range(n) if _prompt_ok(self.name, batch.prompts[i], i)
-              and _clip_ok(self.name, batch.audio[i], i, min_s, batch.sample_rate)]
+        scores, ok = _scorable(self.name, batch, self.encoder, need_prompt=True)
         if not ok:
             return RewardResult(scores=scores, name=self.name)
         text = self.encoder.embed_text([batch.prompts[i] for i in ok]).to(torch.float64)
@@ -151,12 +156,7 @@ class TagScoreReward(Reward):
         return torch.softmax(sim / self.temperature, dim=1)
 
     def __call__(self, batch: ScoringBatch) -> RewardResult:
-        _check_batch(self.name, batch)
-        n = batch.audio.shape[0]
-        scores = torch.full((n,), float("nan"), dtype=torch.float64)
-        min_s = self.tagger.min_samples / self.tagger.sample_rate
-        ok = [i for i in range(n) if _prompt_ok(self.name, batch.prompts[i], i)
-              and _clip_ok(self.name, batch.audio[i], i, min_s, batch.sample_rate)]
+        scores, ok = _scorable(self.name, batch, self.tagger, need_prompt=True)
         if not ok:
             return RewardResult(scores=scores, name=self.name)
         w = self.tag_weights([batch.prompts[i] for i in ok])
@@ -186,12 +186,7 @@ class AestheticsReward(Reward):
         _ = predictor.encoder  # load (and id-check) the encoder now: a configuration error raises here
 
     def __call__(self, batch: ScoringBatch) -> RewardResult:
-        _check_batch(self.name, batch)
-        n = batch.audio.shape[0]
-        scores = torch.full((n,), float("nan"), dtype=torch.float64)
-        enc = self.predictor.encoder
-        min_s = enc.min_samples / enc.sample_rate
-        ok = [i for i in range(n) if _clip_ok(self.name, batch.audio[i], i, min_s, batch.sample_rate)]
+        scores, ok = _scorable(self.name, batch, self.predictor.encoder, need_prompt=False)
         if ok:
             scores[ok] = self.predictor.predict(batch.audio[ok], batch.sample_rate)
         return RewardResult(scores=scores, name=self.name)
