@@ -140,3 +140,46 @@ def test_checkpoint_roundtrip_and_architecture_mismatch(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="could not be read"):
         read_model_file(tmp_path / "bad.safetensors")
+
+
+def _perturbed(cfg: DiTConfig, seed: int = 0) -> DiT:
+    torch.manual_seed(seed)
+    net = DiT(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return net
+
+
+def _token_jacobian_rank(net: DiT, token: int = 2) -> int:
+    """Rank of d(output values of one token) / d(input), i.e. how many directions the model can move them in."""
+    C, p = net.cfg.latent_channels, net.cfg.patch_size
+    x = torch.randn(1, C, 6 * p)
+    c = cond(1, dim=net.cfg.text_dim)
+
+    def f(xx):
+        return net(xx, torch.zeros(1), **c)[0, :, token * p:(token + 1) * p].reshape(-1)
+
+    J = torch.autograd.functional.jacobian(f, x).reshape(C * p, -1)
+    return int(torch.linalg.matrix_rank(J.double(), rtol=1e-6))
+
+
+def test_refiner_starts_as_the_plain_transformer_and_lifts_the_output_rank():
+    narrow = dict(latent_channels=8, patch_size=2, width=8, depth=1, heads=2, text_dim=16, noise_freqs=16)
+    plain = _perturbed(DiTConfig(**narrow))
+    refined = DiT(DiTConfig(**narrow, refine_channels=12, refine_kernel=3))
+    # the refiner's last layer and FiLM are zero-initialised: with the transformer's weights it is the same model
+    own = refined.state_dict()
+    own.update(plain.state_dict())
+    refined.load_state_dict(own)
+    x = torch.randn(3, 8, 12)
+    torch.testing.assert_close(refined(x, torch.zeros(3), **cond(3)), plain(x, torch.zeros(3), **cond(3)))
+    # width 8 < 8 channels x patch 2 = 16 values per token: the plain model's per-token output is rank <= 8,
+    # the refiner (which sees the input itself) makes it full rank
+    assert _token_jacobian_rank(plain) <= 8
+    assert _token_jacobian_rank(_perturbed(DiTConfig(**narrow, refine_channels=12, refine_kernel=3))) == 16
+
+
+def test_refiner_kernel_must_be_odd():
+    with pytest.raises(ValueError, match="refine_kernel=4"):
+        DiT(DiTConfig(**{**TINY.__dict__, "refine_channels": 8, "refine_kernel": 4}))

@@ -8,6 +8,14 @@
   unconditional (null) condition used for classifier-free guidance and for condition dropout.
 - Optionally (``pooled_text``) the masked mean of the projected text is added to the adaLN conditioning
   vector, with a learned null vector when the prompt is dropped.
+- Optionally (``refine_channels > 0``) a frame-level convolutional head refines the un-patched output.
+  Without it the transformer predicts ``channels x patch`` values per token through a ``width``-dimensional
+  state (320 values through 192 at the baseline size), so its output has rank <= width per token and it
+  cannot remove the part of the noise outside that subspace: the denoising error then has a floor of about
+  ``(1 - width / (channels x patch)) sigma^2`` at small sigma. The head sees the network input itself
+  (``c_in x``) next to the transformer's output, so its prediction is full-rank; its last layer is
+  zero-initialised (the model starts as the plain transformer) and it is modulated by the same noise/text
+  conditioning vector as the blocks.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ class DiTConfig:
     text_dim: int = 384
     pooled_text: bool = True
     noise_freqs: int = 128
+    refine_channels: int = 0   # frame-level conv head width; 0 = none
+    refine_kernel: int = 5     # its kernel size along time (odd)
 
 
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -89,6 +99,31 @@ class Block(nn.Module):
         return x + g2 * self.mlp(y)
 
 
+class ConvRefiner(nn.Module):
+    """Frame-level head: ``out + conv(cat[c_in x, out])``, FiLM-modulated by the conditioning vector."""
+
+    def __init__(self, channels: int, hidden: int, kernel: int, cond_dim: int):
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"refine_kernel={kernel} must be a positive odd number")
+        pad = kernel // 2
+        self.conv1 = nn.Conv1d(2 * channels, hidden, kernel, padding=pad)
+        self.conv2 = nn.Conv1d(hidden, hidden, kernel, padding=pad)
+        self.conv_out = nn.Conv1d(hidden, channels, 1)
+        self.film = nn.Linear(cond_dim, 4 * hidden)
+        for m in (self.film, self.conv_out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x_in: torch.Tensor, out: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        sc1, sh1, sc2, sh2 = self.film(F.silu(c))[..., None].chunk(4, dim=1)
+        y = self.conv1(torch.cat([x_in, out], dim=1))
+        y = F.gelu(y * (1 + sc1) + sh1, approximate="tanh")
+        y = self.conv2(y)
+        y = F.gelu(y * (1 + sc2) + sh2, approximate="tanh")
+        return out + self.conv_out(y)
+
+
 class DiT(nn.Module):
     """``forward(x[B, C, F], c_noise[B], text[B, L, text_dim], text_mask[B, L]) -> [B, C, F]``."""
 
@@ -110,6 +145,9 @@ class DiT(nn.Module):
         for m in (self.ada_out, self.patch_out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
+        self.refine = (
+            ConvRefiner(C, cfg.refine_channels, cfg.refine_kernel, d) if cfg.refine_channels > 0 else None
+        )
 
     def forward(
         self, x: torch.Tensor, c_noise: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
@@ -144,4 +182,6 @@ class DiT(nn.Module):
         sh, sc = self.ada_out(F.silu(c))[:, None].chunk(2, dim=-1)
         h = self.norm_out(h) * (1 + sc) + sh
         out = self.patch_out(h).view(B, n, C, p).permute(0, 2, 1, 3).reshape(B, C, Fr)
+        if self.refine is not None:
+            out = self.refine(x.to(out.dtype), out, c)
         return out
