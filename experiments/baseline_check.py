@@ -19,7 +19,7 @@ import torch
 from scipy.stats import spearmanr
 
 from dragontune.audio import fit_length, load_audio
-from dragontune.data.analysis import estimate_tempo, spectral_centroid
+from dragontune.data.analysis import estimate_tempo, onset_rate, spectral_centroid
 from dragontune.data.dataset import filter_rows, load_metadata
 from dragontune.generate import SamplerConfig, generate_latents
 from dragontune.models.checkpoint import load_model
@@ -57,22 +57,36 @@ def main():
     for name, audio in (("generated", gen), ("corpus clip through codec", real_rt)):
         tempo = [estimate_tempo(a[0].numpy(), sr) for a in audio]
         cent = [spectral_centroid(a[0].numpy(), sr) for a in audio]
-        out[name] = (tempo, cent)
+        rate = [onset_rate(a[0].numpy(), sr) for a in audio]
+        out[name] = (tempo, cent, rate)
     ref_tempo = [r["tempo"] for r in rows]
     insts = sorted({r["instrument"] for r in rows})
     print(f"### Baseline prompt adherence ({len(rows)} clean test-split captions, {args.steps}-step DPM++ 2M, CFG {args.cfg})\n")
     print(f"Command: `python experiments/baseline_check.py --n {args.n} --steps {args.steps} --cfg {args.cfg}` "
           f"({t_gen:.0f} s to generate and decode on this CPU).\n")
-    print("| audio | tempo Spearman vs caption | within ±8 % | octave errors | " +
-          " | ".join(f"centroid {i} (Hz)" for i in insts) + " |")
-    print("|---|---|---|---|" + "---|" * len(insts))
-    for name, (tempo, cent) in out.items():
+    words = ("slow", "moderate", "fast")
+    print("| audio | tempo Spearman vs caption | within ±8 % | octave errors | onset-rate Spearman vs caption | "
+          + " | ".join(f"onsets/s {w}" for w in words) + " | "
+          + " | ".join(f"centroid {i} (Hz)" for i in insts) + " |")
+    print("|---|---|---|---|---|" + "---|" * (len(words) + len(insts)))
+    for name, (tempo, cent, rate) in out.items():
         rho, within, octave, _ = tempo_stats(tempo, ref_tempo)
+        rate_rho = spearmanr(rate, ref_tempo).statistic
+        per_w = [np.mean([q for q, r in zip(rate, rows) if r["tempo_word"] == w]) for w in words]
         per = [np.mean([c for c, r in zip(cent, rows) if r["instrument"] == i]) for i in insts]
-        print(f"| {name} | {rho:.3f} | {100 * within:.0f} % | {100 * octave:.0f} % | " +
-              " | ".join(f"{p:.0f}" for p in per) + " |")
+        print(f"| {name} | {rho:.3f} | {100 * within:.0f} % | {100 * octave:.0f} % | {rate_rho:.3f} | "
+              + " | ".join(f"{q:.1f}" for q in per_w) + " | "
+              + " | ".join(f"{p:.0f}" for p in per) + " |")
     # instrument identification from the centroid: nearest class mean of the real clips
     cg, cr = np.array(out["generated"][1]), np.array(out["corpus clip through codec"][1])
+    tg = np.array(out["generated"][0])
+    for inst in insts:
+        m = (lab_all := np.array([r["instrument"] for r in rows])) == inst
+        ok = m & np.isfinite(tg)
+        if ok.sum() >= 5:
+            print(f"\nTempo Spearman for {inst} captions ({ok.sum()} clips): "
+                  f"{spearmanr(tg[ok], np.array(ref_tempo)[ok]).statistic:.3f}", end="")
+    print()
     lab = np.array([r["instrument"] for r in rows])
     means = {i: np.log(cr[lab == i]).mean() for i in insts}
     pred = np.array([min(insts, key=lambda i: abs(np.log(c) - means[i])) for c in cg])

@@ -183,3 +183,35 @@ def test_refiner_starts_as_the_plain_transformer_and_lifts_the_output_rank():
 def test_refiner_kernel_must_be_odd():
     with pytest.raises(ValueError, match="refine_kernel=4"):
         DiT(DiTConfig(**{**TINY.__dict__, "refine_channels": 8, "refine_kernel": 4}))
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    from dragontune.models.dit import apply_rope, rope_tables
+
+    g = torch.Generator().manual_seed(0)
+    n, dh = 20, 8
+    cos, sin = rope_tables(n, dh, 1000.0, "cpu", torch.float64)
+    q = torch.randn(1, 1, 1, dh, generator=g, dtype=torch.float64).expand(1, n, 1, dh)
+    k = torch.randn(1, 1, 1, dh, generator=g, dtype=torch.float64).expand(1, n, 1, dh)
+    s = torch.einsum("bihd,bjhd->ij", apply_rope(q, cos, sin), apply_rope(k, cos, sin))
+    # the same vectors at every position: the score is a function of j - i only (Toeplitz)
+    for d in range(-5, 6):
+        diag = torch.diagonal(s, offset=d)
+        torch.testing.assert_close(diag, diag[:1].expand_as(diag), rtol=1e-6, atol=1e-6)  # float32 angles
+    assert not torch.allclose(torch.diagonal(s, 0)[:1], torch.diagonal(s, 3)[:1])
+    # rotation keeps norms
+    torch.testing.assert_close(apply_rope(q, cos, sin).norm(dim=-1), q.norm(dim=-1))
+
+
+def test_rope_model_changes_attention_and_keeps_the_text_mask():
+    # rope changes the model (it is not a no-op); the padding mask and null logic are unchanged
+    net = _perturbed(DiTConfig(**{**TINY.__dict__, "rope": True}))
+    x = torch.randn(2, 8, 12)
+    c = cond(2)
+    out = net(x, torch.zeros(2), **c)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    plain = _perturbed(TINY)
+    assert not torch.allclose(out, plain(x, torch.zeros(2), **c))
+    c2 = {k: v.clone() for k, v in c.items()}
+    c2["text"][0, 3:] += 100.0  # padded text positions still do not matter
+    torch.testing.assert_close(net(x, torch.zeros(2), **c2), out)

@@ -8,6 +8,9 @@
   unconditional (null) condition used for classifier-free guidance and for condition dropout.
 - Optionally (``pooled_text``) the masked mean of the projected text is added to the adaLN conditioning
   vector, with a learned null vector when the prompt is dropped.
+- Optionally (``rope``) rotary position embeddings on the audio queries and keys (text and null keys are
+  not rotated), so that attention can depend on the distance between frames directly: rhythm is a
+  relation between positions a beat apart. The additive sinusoidal embedding of the input is kept.
 - Optionally (``refine_channels > 0``) a frame-level convolutional head refines the un-patched output.
   Without it the transformer predicts ``channels x patch`` values per token through a ``width``-dimensional
   state (320 values through 192 at the baseline size), so its output has rank <= width per token and it
@@ -41,6 +44,8 @@ class DiTConfig:
     noise_freqs: int = 128
     refine_channels: int = 0   # frame-level conv head width; 0 = none
     refine_kernel: int = 5     # its kernel size along time (odd)
+    rope: bool = False         # rotary position embedding on audio queries/keys
+    rope_theta: float = 1000.0  # its base period (in tokens)
 
 
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -59,6 +64,22 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_tables(n: int, head_dim: int, theta: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables ``[n, head_dim / 2]`` for rotary embeddings of positions ``0..n-1``."""
+    if head_dim % 2:
+        raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
+    inv = theta ** (-torch.arange(0, head_dim // 2, device=device, dtype=torch.float32) / (head_dim // 2))
+    ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of the last dim of ``x[B, n, h, dh]`` by position."""
+    a, b = x.chunk(2, dim=-1)
+    c, s = cos[:, None], sin[:, None]
+    return torch.cat([a * c - b * s, a * s + b * c], dim=-1)
 
 
 class Block(nn.Module):
@@ -81,16 +102,21 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         B, N, D = x.shape
         h = self.heads
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(c))[:, None].chunk(6, dim=-1)
         y = self.norm1(x) * (1 + sc1) + sh1
         q, k, v = self.qkv(y).view(B, N, 3, h, D // h).unbind(2)
         tk, tv = self.text_kv(text).view(B, text.shape[1], 2, h, D // h).unbind(2)
+        q, k, tk = self.q_norm(q), self.k_norm(k), self.k_norm(tk)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         k = torch.cat([k, tk], dim=1)
         v = torch.cat([v, tv], dim=1)
-        q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, h, tokens, dh]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
         a = a.transpose(1, 2).reshape(B, N, D)
@@ -177,8 +203,12 @@ class DiT(nn.Module):
         key_mask = torch.cat(
             [torch.ones(B, n + 1, dtype=torch.bool, device=x.device), mask], dim=1
         )
+        rope = (
+            rope_tables(n, h.shape[-1] // self.cfg.heads, self.cfg.rope_theta, x.device, h.dtype)
+            if self.cfg.rope else None
+        )
         for blk in self.blocks:
-            h = blk(h, c, t, key_mask)
+            h = blk(h, c, t, key_mask, rope)
         sh, sc = self.ada_out(F.silu(c))[:, None].chunk(2, dim=-1)
         h = self.norm_out(h) * (1 + sc) + sh
         out = self.patch_out(h).view(B, n, C, p).permute(0, 2, 1, 3).reshape(B, C, Fr)
