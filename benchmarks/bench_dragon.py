@@ -20,7 +20,7 @@ from bench_model import machine
 from dragontune.dragon.builders import Demonstrations
 from dragontune.dragon.loop import DragonConfig, _train_round
 from dragontune.models.checkpoint import load_model
-from dragontune.models.edm import denoising_loss, sample_sigma
+from dragontune.models.edm import count_params, denoising_loss, sample_sigma
 
 
 def main():
@@ -78,8 +78,8 @@ def main():
     except OSError:
         load = float("nan")
     text = (f"### DRAGON step vs plain EDM step ({args.device}: {machine(dev)}, load average {load:.1f})\n\n"
-            f"Command: `python benchmarks/bench_dragon.py --device {args.device} --pairs {P}`; committed baseline "
-            f"(4.85M params), {P} pairs = {2 * P} clips of 4 s per step.\n\n"
+            f"Command: `python benchmarks/bench_dragon.py --device {args.device} --pairs {P} --reps {args.reps}`; committed baseline "
+            f"({count_params(policy.net) / 1e6:.2f}M params), {P} pairs = {2 * P} clips of 4 s per step.\n\n"
             "| step | time | ratio |\n|---|---|---|\n"
             f"| plain EDM fine-tuning (policy forward + backward, {2 * P} clips) | {1000 * res['edm']:.0f} ms | 1.00 |\n"
             f"| DRAGON DPO (policy fwd + bwd, frozen reference fwd, shared sigma/noise) | {1000 * res['dragon']:.0f} ms | "
