@@ -77,17 +77,16 @@ def main():
         print(f"| {name} | {rho:.3f} | {100 * within:.0f} % | {100 * octave:.0f} % | {rate_rho:.3f} | "
               + " | ".join(f"{q:.1f}" for q in per_w) + " | "
               + " | ".join(f"{p:.0f}" for p in per) + " |")
-    # instrument identification from the centroid: nearest class mean of the real clips
     cg, cr = np.array(out["generated"][1]), np.array(out["corpus clip through codec"][1])
     tg = np.array(out["generated"][0])
-    for inst in insts:
-        m = (lab_all := np.array([r["instrument"] for r in rows])) == inst
-        ok = m & np.isfinite(tg)
+    lab = np.array([r["instrument"] for r in rows])
+    for inst in insts:  # tempo adherence per instrument
+        ok = (lab == inst) & np.isfinite(tg)
         if ok.sum() >= 5:
             print(f"\nTempo Spearman for {inst} captions ({ok.sum()} clips): "
                   f"{spearmanr(tg[ok], np.array(ref_tempo)[ok]).statistic:.3f}", end="")
     print()
-    lab = np.array([r["instrument"] for r in rows])
+    # instrument identification from the centroid: nearest class mean of the real clips
     means = {i: np.log(cr[lab == i]).mean() for i in insts}
     pred = np.array([min(insts, key=lambda i: abs(np.log(c) - means[i])) for c in cg])
     print(f"\nInstrument from the generated clip's centroid alone (nearest real-clip class mean in log-Hz): "

@@ -91,7 +91,7 @@ def model_flops_per_sample(cfg, frames: int, text_len: int) -> float:
     per_block = n * d * 3 * d + (text_len + 1) * d * 2 * d + n * d * d + 2 * n * d * int(d * cfg.mlp_ratio)
     per_block += 2 * n * (n + 1 + text_len) * d  # attention scores and weighted sum
     m += cfg.depth * per_block
-    r = getattr(cfg, "refine_channels", 0)
+    r = cfg.refine_channels
     if r:
         k, C = cfg.refine_kernel, cfg.latent_channels
         m += frames * (2 * C * r * k + r * r * k + r * C)  # conv1, conv2, 1x1 out
