@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class PretrainConfig:
     steps: int = 2000
     batch_size: int = 32
     cond_dropout: float = 0.1         # share of training samples with the prompt replaced by the null condition
+    tempo_loss_weight: float = 0.1    # weight of the tempo head's cross-entropy (model.tempo_bins > 0)
     p_mean: float = P_MEAN
     p_std: float = P_STD
     ema_halflife_steps: float = 200.0
@@ -80,13 +82,27 @@ class PretrainConfig:
 
 
 def load_split(data: DataConfig, split: str, sample_rate: int):
+    """``(audio[N, 1, T], captions, rows)`` of one split; ``rows`` are the metadata rows."""
     from dragontune.data.dataset import AudioCaptionDataset
 
     ds = AudioCaptionDataset(ensure_corpus(data), sample_rate=sample_rate, duration=data.duration, split=split,
                              filter=data.filter or None)
     if len(ds) == 0:
         raise ConfigError(f"corpus {data.corpus!r} has no clips in split {split!r} (filter {data.filter!r})")
-    return ds.load_all()
+    return (*ds.load_all(), ds.rows)
+
+
+def tempo_frames_of(rows: list[dict], frames_per_second: float) -> torch.Tensor:
+    """Beat period in latent frames from each row's ``tempo`` (or ``bpm``) in BPM; NaN where absent or invalid."""
+    out = []
+    for r in rows:
+        bpm = r.get("tempo", r.get("bpm"))
+        try:
+            bpm = float(bpm)
+        except (TypeError, ValueError):
+            bpm = float("nan")
+        out.append(60.0 * frames_per_second / bpm if math.isfinite(bpm) and bpm > 0 else float("nan"))
+    return torch.tensor(out, dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -179,7 +195,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
 
     # -- data, codec, text
     sr = cfg.codec.sample_rate
-    audio, captions = load_split(cfg.data, cfg.data.train_split, sr)
+    audio, captions, rows = load_split(cfg.data, cfg.data.train_split, sr)
+    tempo_frames = tempo_frames_of(rows, sr / cfg.codec.hop_length)
+    if cfg.model.tempo_bins > 0:
+        known = int(torch.isfinite(tempo_frames).sum())
+        log.info("tempo conditioning: %d of %d training clips have a tempo in their metadata", known, len(rows))
+        if known == 0:
+            raise ConfigError(f"model.tempo_bins={cfg.model.tempo_bins} but no training clip of {cfg.data.corpus!r} "
+                              "has a 'tempo' (or 'bpm') value in its metadata; add one or set model.tempo_bins=0")
     resumed = None
     if resume:
         resumed = load_training_state(out)
@@ -211,7 +234,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
     table = TextTable(text_encoder, captions)
     val = None
     if cfg.val_every > 0 and cfg.val_samples > 0:
-        va, vc = load_split(cfg.data, cfg.data.val_split, sr)
+        va, vc, _ = load_split(cfg.data, cfg.data.val_split, sr)
         n = min(cfg.val_samples, va.shape[0])
         vg = torch.Generator().manual_seed(12345)
         vsig = sample_sigma(n, vg, cfg.p_mean, cfg.p_std)
@@ -251,7 +274,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
 
     metrics_f = open(out / "metrics.jsonl", "a")
     order = perm(epoch)
-    t_last, losses = time.time(), []
+    t_last, losses, tempo_losses = time.time(), [], []
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", dynamic_ncols=True, disable=None)
     net.train()
     while step < cfg.steps:
@@ -270,9 +293,16 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = denoising_loss(denoiser, x0, noise, sigma, cond).mean()
+            if net.tempo is not None:  # teacher forcing with the true periods; the head learns to predict them
+                tf = tempo_frames[idx].to(device)
+                loss = denoising_loss(denoiser, x0, noise, sigma, {**cond, "tempo_frames": tf}).mean()
+                t_loss = net.tempo_loss(cond["text"], cond["text_mask"], tf).mean()
+                tempo_losses.append(float(t_loss.detach()))
+            else:
+                loss = denoising_loss(denoiser, x0, noise, sigma, cond).mean()
+                t_loss = None
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if t_loss is None else loss + cfg.tempo_loss_weight * t_loss).backward()
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0
                                                else float("inf"))
         opt.step()
@@ -288,7 +318,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
             now = time.time()
             rec = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses), "grad_norm": float(gnorm),
                    "lr": lr, "steps_per_s": len(losses) / max(now - t_last, 1e-9)}
-            t_last, losses = now, []
+            if tempo_losses:
+                rec["tempo_loss"] = sum(tempo_losses) / len(tempo_losses)
+            t_last, losses, tempo_losses = now, [], []
         if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):
             rec = rec or {"step": step}
             rec["val_loss"] = validation_loss(EDMDenoiser(ema), val, device)

@@ -93,7 +93,18 @@ def main():
           f"{100 * np.mean(pred == lab):.0f} % correct over {len(insts)} instruments (chance {100 / len(insts):.0f} %).")
     cors = spearmanr(cg, cr).statistic
     print(f"Spearman correlation of generated vs real centroid per caption: {cors:.3f}.")
-
+    if model.net.tempo is not None:  # stage 1 of the tempo conditioning: the period read from the text
+        fps = sr / model.codec.hop_length
+        with torch.no_grad():
+            bpm = 60.0 * fps / model.net.predict_tempo_frames(**model.cond([r["caption"] for r in rows])).numpy()
+        r = bpm / np.array(ref_tempo)
+        print(f"Tempo read from the caption by the model's tempo head: Spearman {spearmanr(bpm, ref_tempo).statistic:.3f} "
+              f"with the clip's tempo, {100 * np.mean(np.abs(r - 1) <= 0.08):.0f} % within ±8 %.")
+        est = np.array(out["generated"][0])
+        ok = np.isfinite(est)
+        print(f"Generated clip's estimated tempo vs the tempo the head read: Spearman "
+              f"{spearmanr(est[ok], bpm[ok]).statistic:.3f}, {100 * np.mean(np.abs(est[ok] / bpm[ok] - 1) <= 0.08):.0f} % "
+              "within ±8 %.")
 
 if __name__ == "__main__":
     main()

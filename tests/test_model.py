@@ -215,3 +215,92 @@ def test_rope_model_changes_attention_and_keeps_the_text_mask():
     c2 = {k: v.clone() for k, v in c.items()}
     c2["text"][0, 3:] += 100.0  # padded text positions still do not matter
     torch.testing.assert_close(net(x, torch.zeros(2), **c2), out)
+
+
+TEMPO = {"tempo_bins": 8, "tempo_period_min": 3.0, "tempo_period_max": 9.0, "tempo_harmonics": 2}
+
+
+def test_tempo_conditioning_starts_as_the_plain_model_when_its_inputs_are_zeroed():
+    base = dict(TINY.__dict__, refine_channels=6, refine_kernel=3)
+    plain = _perturbed(DiTConfig(**base))
+    timed = DiT(DiTConfig(**{**base, **TEMPO}))
+    own = timed.state_dict()
+    conv1 = own["refine.conv1.weight"].clone()
+    own.update(plain.state_dict())
+    conv1[:, :16] = plain.state_dict()["refine.conv1.weight"]  # 2 x 8 latent channels, then the periodic features
+    conv1[:, 16:] = 0.0
+    own["refine.conv1.weight"] = conv1
+    timed.load_state_dict(own)
+    x = torch.randn(2, 8, 12)
+    # tempo_in is zero-initialised and the refiner's periodic inputs are zeroed: the same function
+    torch.testing.assert_close(timed(x, torch.zeros(2), **cond(2)), plain(x, torch.zeros(2), **cond(2)))
+    with torch.no_grad():
+        timed.tempo_in.weight.normal_()
+    assert not torch.allclose(timed(x, torch.zeros(2), **cond(2)), plain(x, torch.zeros(2), **cond(2)))
+
+
+def test_tempo_features_teacher_forcing_and_null_prompt():
+    import math
+
+    net = _perturbed(DiTConfig(**{**TINY.__dict__, "refine_channels": 6, "refine_kernel": 3, **TEMPO}))
+    head = net.tempo
+    f = head.features(torch.tensor([4.0, 6.0]), 12, torch.tensor([True, False]))
+    t = torch.arange(12.0)
+    for h in (1, 2):
+        torch.testing.assert_close(f[0, h - 1], torch.cos(2 * math.pi * h * t / 4.0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(f[0, 2 + h - 1], torch.sin(2 * math.pi * h * t / 4.0), atol=1e-5, rtol=0)
+    assert torch.count_nonzero(f[1]) == 0  # no features for the null condition
+    x, c = torch.randn(2, 8, 12), cond(2)
+    free = net(x, torch.zeros(2), **c)
+    predicted = net.predict_tempo_frames(**c)
+    assert ((predicted >= 3.0) & (predicted <= 9.0)).all()
+    # NaN -> the predicted period; the predicted period given explicitly -> the same output; another one differs
+    torch.testing.assert_close(net(x, torch.zeros(2), **c, tempo_frames=torch.full((2,), float("nan"))), free)
+    torch.testing.assert_close(net(x, torch.zeros(2), **c, tempo_frames=predicted), free)
+    forced = net(x, torch.zeros(2), **c, tempo_frames=torch.tensor([float("nan"), 8.5]))
+    torch.testing.assert_close(forced[0], free[0])
+    assert not torch.allclose(forced[1], free[1])
+    # the null prompt gets no periodic features, whatever period is given
+    null = {"text": c["text"], "text_mask": torch.zeros_like(c["text_mask"])}
+    torch.testing.assert_close(net(x, torch.zeros(2), **null, tempo_frames=torch.tensor([3.5, 8.5])),
+                               net(x, torch.zeros(2), **null))
+    # the head's loss: zero where the period is unknown or the prompt dropped
+    loss = net.tempo_loss(c["text"], c["text_mask"], torch.tensor([5.0, float("nan")]))
+    assert loss[0] > 0 and loss[1] == 0
+    assert net.tempo_loss(**null, tempo_frames=torch.tensor([5.0, 5.0])).eq(0).all()
+
+
+def test_tempo_head_learns_the_period_a_word_names():
+    # prompts of 4 "tokens": one tempo word among distractors at a random position; three words, three periods
+    from dragontune.models.dit import TempoHead
+
+    g = torch.Generator().manual_seed(0)
+    words = torch.randn(3, 16, generator=g)
+    periods = torch.tensor([60.0, 40.0, 25.0])
+
+    def batch(n):
+        k = torch.randint(0, 3, (n,), generator=g)
+        text = torch.randn(n, 4, 16, generator=g)
+        text[torch.arange(n), torch.randint(0, 4, (n,), generator=g)] = words[k]
+        return text, torch.ones(n, 4, dtype=torch.bool), periods[k]
+
+    torch.manual_seed(0)
+    head = TempoHead(16, 32, bins=32, p_min=20.0, p_max=70.0, harmonics=2)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(300):
+        text, mask, p = batch(64)
+        loss = head.nll(head.logits(text, mask), p).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    text, mask, p = batch(200)
+    with torch.no_grad():
+        pred = head.period(head.logits(text, mask))
+    assert ((pred / p - 1).abs() < 0.05).float().mean() > 0.95, (pred / p)[:10]
+
+
+def test_tempo_bad_options_are_named():
+    with pytest.raises(ValueError, match="tempo_period_min < tempo_period_max"):
+        DiT(DiTConfig(**{**TINY.__dict__, "tempo_bins": 8, "tempo_period_min": 30.0, "tempo_period_max": 20.0}))
+    with pytest.raises(ValueError, match="no tempo conditioning"):
+        _perturbed(TINY).predict_tempo_frames(**cond(1))

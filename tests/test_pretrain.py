@@ -7,18 +7,19 @@ import torch
 
 from dragontune.cli import main
 from dragontune.config import load_config
+from dragontune.errors import ConfigError
 from dragontune.train import PretrainConfig, pretrain
 from dragontune.utils import load_safetensors
 
 
-def tiny_cfg(tmp_path, corpus, out, steps=6):
+def tiny_cfg(tmp_path, corpus, out, steps=6, extra=()):
     return load_config(PretrainConfig, None, [
         f"out_dir={out}", f"data.corpus={corpus}", "data.synth_n=16", "data.duration=1.0",
         f"steps={steps}", "batch_size=4", "log_every=2", "val_every=3", "val_samples=4", "ckpt_every=3",
         "sample_every=0", "sample_steps=2", "sample_prompts=[a soft piano melody]",
         "model.width=32", "model.depth=2", "model.heads=2", "model.patch_size=5", "model.noise_freqs=16",
         "codec.n_mels=16", "codec.n_fft=256", "codec.hop_length=128", "model.latent_channels=16",
-        "codec.griffin_lim_iters=2", "ema_halflife_steps=2", "device=cpu",
+        "codec.griffin_lim_iters=2", "ema_halflife_steps=2", "device=cpu", *extra,
     ])
 
 
@@ -88,3 +89,29 @@ def test_unwritable_output_dir(tmp_path, corpus):
             pretrain(tiny_cfg(tmp_path, corpus, target))
     finally:
         os.chmod(ro, 0o700)
+
+
+def test_pretrain_with_tempo_conditioning(tmp_path, corpus):
+    from dragontune.models.checkpoint import load_model
+
+    tempo = ["model.tempo_bins=8", "model.tempo_period_min=40", "model.tempo_period_max=130"]  # 125 frames/s
+    cfg = tiny_cfg(tmp_path, corpus, tmp_path / "t", extra=tempo)
+    final = pretrain(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert any("tempo_loss" in r and r["tempo_loss"] > 0 for r in lines)
+    model = load_model(final)
+    period = model.net.predict_tempo_frames(**model.cond(["a fast drum kit groove"]))
+    assert 40.0 <= float(period) <= 130.0
+    # a corpus whose metadata has no tempo cannot train the tempo head: clear error, nothing written
+    bare = tmp_path / "bare"
+    (bare / "audio").mkdir(parents=True)
+    rows = [json.loads(x) for x in (corpus / "metadata.jsonl").read_text().splitlines()]
+    for r in rows:
+        (bare / r["file"]).write_bytes((corpus / r["file"]).read_bytes())
+        r.pop("tempo")
+    (bare / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg.data.corpus, cfg.out_dir = str(bare), str(tmp_path / "t2")
+    with pytest.raises(ConfigError, match="no training clip .* has a 'tempo'"):
+        pretrain(cfg)
+    assert not (tmp_path / "t2" / "checkpoints").exists()
+

@@ -11,6 +11,17 @@
 - Optionally (``rope``) rotary position embeddings on the audio queries and keys (text and null keys are
   not rotated), so that attention can depend on the distance between frames directly: rhythm is a
   relation between positions a beat apart. The additive sinusoidal embedding of the input is kept.
+- Optionally (``tempo_bins > 0``) tempo conditioning in two stages, text -> beat period -> audio. A small
+  head reads the frozen text states (attention pooling) and classifies the beat period into ``tempo_bins``
+  log-spaced bins between ``tempo_period_min`` and ``tempo_period_max`` latent frames; the period it predicts
+  is the softmax-weighted geometric mean. The network then gets periodic features of that period: cosine and
+  sine of ``2 pi h t / period`` for ``h = 1..tempo_harmonics`` over the frame index ``t``, added to the tokens
+  (per patch, through a zero-initialised projection) and given to the refiner head at frame resolution; they
+  are zero for the null condition. In pre-training, clips whose metadata has a tempo use their true period
+  (teacher forcing, ``forward(..., tempo_frames=...)``) and the head is trained on it with a cross-entropy
+  loss (``tempo_loss``); sampling and fine-tuning use the predicted period. Rhythm is periodic with a period
+  the caption names ("slow", "120 BPM"): a transformer with absolute positions has to compute
+  ``t mod period`` for every tempo, which the baseline-sized model did not learn from the text alone.
 - Optionally (``refine_channels > 0``) a frame-level convolutional head refines the un-patched output.
   Without it the transformer predicts ``channels x patch`` values per token through a ``width``-dimensional
   state (320 values through 192 at the baseline size), so its output has rank <= width per token and it
@@ -46,6 +57,10 @@ class DiTConfig:
     refine_kernel: int = 5     # its kernel size along time (odd)
     rope: bool = False         # rotary position embedding on audio queries/keys
     rope_theta: float = 1000.0  # its base period (in tokens)
+    tempo_bins: int = 0              # bins of the text -> beat-period classifier; 0 = no tempo conditioning
+    tempo_period_min: float = 18.0   # shortest beat period in latent frames (18 frames at 62.5 frames/s = 208 BPM)
+    tempo_period_max: float = 70.0   # longest (70 frames = 54 BPM)
+    tempo_harmonics: int = 4         # harmonics of the beat frequency given to the network (sub-beats 2, 3, 4)
 
 
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -128,12 +143,12 @@ class Block(nn.Module):
 class ConvRefiner(nn.Module):
     """Frame-level head: ``out + conv(cat[c_in x, out])``, FiLM-modulated by the conditioning vector."""
 
-    def __init__(self, channels: int, hidden: int, kernel: int, cond_dim: int):
+    def __init__(self, channels: int, hidden: int, kernel: int, cond_dim: int, extra: int = 0):
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"refine_kernel={kernel} must be a positive odd number")
         pad = kernel // 2
-        self.conv1 = nn.Conv1d(2 * channels, hidden, kernel, padding=pad)
+        self.conv1 = nn.Conv1d(2 * channels + extra, hidden, kernel, padding=pad)
         self.conv2 = nn.Conv1d(hidden, hidden, kernel, padding=pad)
         self.conv_out = nn.Conv1d(hidden, channels, 1)
         self.film = nn.Linear(cond_dim, 4 * hidden)
@@ -141,13 +156,68 @@ class ConvRefiner(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x_in: torch.Tensor, out: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_in: torch.Tensor, out: torch.Tensor, c: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
         sc1, sh1, sc2, sh2 = self.film(F.silu(c))[..., None].chunk(4, dim=1)
-        y = self.conv1(torch.cat([x_in, out], dim=1))
+        y = self.conv1(torch.cat([x_in, out] if extra is None else [x_in, out, extra], dim=1))
         y = F.gelu(y * (1 + sc1) + sh1, approximate="tanh")
         y = self.conv2(y)
         y = F.gelu(y * (1 + sc2) + sh2, approximate="tanh")
         return out + self.conv_out(y)
+
+
+class TempoHead(nn.Module):
+    """Text states -> beat-period logits over log-spaced bins; periodic features of a period.
+
+    ``logits(text[B, L, text_dim], mask[B, L]) -> [B, bins]``, ``period(logits) -> [B]`` (frames),
+    ``features(period[B], frames, on[B]) -> [B, 2 x harmonics, frames]``.
+    """
+
+    def __init__(self, text_dim: int, hidden: int, bins: int, p_min: float, p_max: float, harmonics: int):
+        super().__init__()
+        if bins < 2 or not 1.0 < p_min < p_max or harmonics < 1:
+            raise ValueError(
+                f"tempo conditioning: need tempo_bins >= 2, 1 < tempo_period_min < tempo_period_max and "
+                f"tempo_harmonics >= 1 (got {bins}, {p_min}, {p_max}, {harmonics})"
+            )
+        self.harmonics = harmonics
+        self.register_buffer(
+            "log_periods", torch.linspace(math.log(p_min), math.log(p_max), bins), persistent=False
+        )
+        self.norm = nn.LayerNorm(text_dim)
+        self.score = nn.Linear(text_dim, 1)
+        self.mlp = nn.Sequential(nn.Linear(2 * text_dim, hidden), nn.SiLU(), nn.Linear(hidden, bins))
+
+    @property
+    def features_dim(self) -> int:
+        return 2 * self.harmonics
+
+    def logits(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        t = self.norm(text.float())
+        w = mask.float()[..., None]
+        mean = (t * w).sum(1) / w.sum(1).clamp_min(1)
+        score = self.score(t).masked_fill(~mask[..., None], float("-inf"))
+        att = torch.nan_to_num(score.softmax(1), nan=0.0)  # an all-masked (null) prompt gives zeros
+        return self.mlp(torch.cat([mean, (att * t).sum(1)], dim=-1))
+
+    def period(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.exp((logits.softmax(-1) * self.log_periods).sum(-1))
+
+    def nll(self, logits: torch.Tensor, period: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against a Gaussian (in log period, one bin wide) around ``period``; 0 where it is NaN."""
+        known = torch.isfinite(period)
+        lp = torch.log(torch.where(known, period, torch.ones_like(period)))
+        width = self.log_periods[1] - self.log_periods[0]
+        target = (-0.5 * ((self.log_periods[None] - lp[:, None]) / width) ** 2).softmax(-1)
+        ce = -(target * logits.float().log_softmax(-1)).sum(-1)
+        return torch.where(known, ce, torch.zeros_like(ce))
+
+    def features(self, period: torch.Tensor, frames: int, on: torch.Tensor) -> torch.Tensor:
+        t = torch.arange(frames, device=period.device, dtype=torch.float32)
+        h = torch.arange(1, self.harmonics + 1, device=period.device, dtype=torch.float32)
+        phase = 2 * math.pi * h[None, :, None] * t[None, None, :] / period.float()[:, None, None]  # [B, H, T]
+        return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1) * on.float()[:, None, None]
 
 
 class DiT(nn.Module):
@@ -171,13 +241,56 @@ class DiT(nn.Module):
         for m in (self.ada_out, self.patch_out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
+        self.tempo = None
+        extra = 0
+        if cfg.tempo_bins > 0:
+            self.tempo = TempoHead(cfg.text_dim, d, cfg.tempo_bins, cfg.tempo_period_min, cfg.tempo_period_max,
+                                   cfg.tempo_harmonics)
+            self.tempo_in = nn.Linear(self.tempo.features_dim * p, d)
+            nn.init.zeros_(self.tempo_in.weight)
+            nn.init.zeros_(self.tempo_in.bias)
+            extra = self.tempo.features_dim
         self.refine = (
-            ConvRefiner(C, cfg.refine_channels, cfg.refine_kernel, d) if cfg.refine_channels > 0 else None
+            ConvRefiner(C, cfg.refine_channels, cfg.refine_kernel, d, extra) if cfg.refine_channels > 0 else None
         )
 
+    def _condition(self, c_noise, text, text_mask, dtype):
+        """Conditioning vector (noise level + pooled text), projected text tokens and the boolean text mask."""
+        c = self.noise_mlp(sinusoidal(c_noise, self.cfg.noise_freqs).to(dtype))
+        t = self.text_in(text.to(dtype))
+        mask = text_mask.bool()
+        if self.cfg.pooled_text:
+            w = mask.to(t.dtype)[..., None]
+            cnt = w.sum(1)
+            pooled = (t * w).sum(1) / cnt.clamp_min(1)
+            has = (cnt > 0).to(t.dtype)
+            pooled = has * pooled + (1 - has) * self.null_pooled.to(t.dtype)
+            c = c + self.pool_mlp(pooled)
+        return c, t, mask
+
+    def _require_tempo(self) -> TempoHead:
+        if self.tempo is None:
+            raise ValueError("this model has no tempo conditioning (model.tempo_bins = 0)")
+        return self.tempo
+
+    @torch.no_grad()
+    def predict_tempo_frames(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """The beat period (latent frames) the model reads from each prompt, ``[B]``."""
+        head = self._require_tempo()
+        return head.period(head.logits(text, text_mask.bool()))
+
+    def tempo_loss(self, text: torch.Tensor, text_mask: torch.Tensor, tempo_frames: torch.Tensor) -> torch.Tensor:
+        """Per-sample cross-entropy of the tempo head against the true period (0 where unknown or dropped)."""
+        head = self._require_tempo()
+        mask = text_mask.bool()
+        period = torch.where(mask.any(1), tempo_frames.float(), torch.full_like(tempo_frames.float(), float("nan")))
+        return head.nll(head.logits(text, mask), period)
+
     def forward(
-        self, x: torch.Tensor, c_noise: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+        self, x: torch.Tensor, c_noise: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+        tempo_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``tempo_frames[B]`` (pre-training only): true beat periods, NaN where unknown -> predicted from text."""
         B, C, Fr = x.shape
         p = self.cfg.patch_size
         if C != self.cfg.latent_channels:
@@ -189,16 +302,15 @@ class DiT(nn.Module):
         h = self.patch_in(tokens)
         pos = sinusoidal(torch.arange(n, device=x.device, dtype=torch.float32), h.shape[-1])
         h = h + pos.to(h.dtype)
-        c = self.noise_mlp(sinusoidal(c_noise, self.cfg.noise_freqs).to(h.dtype))
-        t = self.text_in(text.to(h.dtype))
-        mask = text_mask.bool()
-        if self.cfg.pooled_text:
-            w = mask.to(t.dtype)[..., None]
-            cnt = w.sum(1)
-            pooled = (t * w).sum(1) / cnt.clamp_min(1)
-            has = (cnt > 0).to(t.dtype)
-            pooled = has * pooled + (1 - has) * self.null_pooled.to(t.dtype)
-            c = c + self.pool_mlp(pooled)
+        c, t, mask = self._condition(c_noise, text, text_mask, h.dtype)
+        periodic = None
+        if self.tempo is not None:
+            period = self.tempo.period(self.tempo.logits(text, mask))
+            if tempo_frames is not None:
+                tf = tempo_frames.to(period)
+                period = torch.where(torch.isfinite(tf), tf, period)
+            periodic = self.tempo.features(period, Fr, mask.any(1)).to(h.dtype)  # [B, 2H, Fr]
+            h = h + self.tempo_in(periodic.view(B, -1, n, p).permute(0, 2, 1, 3).reshape(B, n, -1))
         t = torch.cat([self.null_token.to(t.dtype).expand(B, 1, -1), t], dim=1)
         key_mask = torch.cat(
             [torch.ones(B, n + 1, dtype=torch.bool, device=x.device), mask], dim=1
@@ -213,5 +325,5 @@ class DiT(nn.Module):
         h = self.norm_out(h) * (1 + sc) + sh
         out = self.patch_out(h).view(B, n, C, p).permute(0, 2, 1, 3).reshape(B, C, Fr)
         if self.refine is not None:
-            out = self.refine(x.to(out.dtype), out, c)
+            out = self.refine(x.to(out.dtype), out, c, periodic)
         return out
