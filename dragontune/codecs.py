@@ -370,7 +370,11 @@ class LogMelCodec(Codec):
         with torch.no_grad():
             z = latent.to(torch.float32)
             logmel = z / self.scale + self.shift if (self.shift != 0.0 or self.scale != 1.0) else z
-            mel = (torch.exp(logmel) - self.log_floor).clamp_(min=0.0)
+            # No audio in [-1, 1] has a mel energy above (window sum) x (largest filter sum): cap there, so that a
+            # latent far outside the data range (e.g. from a high guidance scale) decodes to loud audio, not Inf.
+            c = self._get(z.device)
+            top = math.log(float(c.window.sum()) * float(c.fb.sum(dim=1).max()) + self.log_floor)
+            mel = (torch.exp(logmel.clamp(max=top)) - self.log_floor).clamp_(min=0.0)
             mag = self.mel_to_linear(mel)
             # The STFT of F*hop samples with center=True has F+1 frames; repeat the last magnitude frame.
             mag = torch.cat([mag, mag[..., -1:]], dim=-1)

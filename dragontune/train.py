@@ -93,15 +93,26 @@ def load_split(data: DataConfig, split: str, sample_rate: int):
 
 
 def tempo_frames_of(rows: list[dict], frames_per_second: float) -> torch.Tensor:
-    """Beat period in latent frames from each row's ``tempo`` (or ``bpm``) in BPM; NaN where absent or invalid."""
+    """Beat period in latent frames from each row's ``tempo`` (or ``bpm``) in BPM; NaN where it is absent.
+
+    A value that is present but not a positive number is an error naming the clip.
+    """
+    from dragontune.errors import DataError
+
     out = []
     for r in rows:
         bpm = r.get("tempo", r.get("bpm"))
+        if bpm is None or (isinstance(bpm, str) and not bpm.strip()):
+            out.append(float("nan"))
+            continue
         try:
-            bpm = float(bpm)
+            value = float(bpm)
         except (TypeError, ValueError):
-            bpm = float("nan")
-        out.append(60.0 * frames_per_second / bpm if math.isfinite(bpm) and bpm > 0 else float("nan"))
+            value = float("nan")
+        if not (math.isfinite(value) and value > 0):
+            raise DataError(f"clip {r.get('file', r.get('id'))!r}: tempo {bpm!r} is not a positive number of beats "
+                            "per minute; fix it or leave the field empty (unknown tempo)")
+        out.append(60.0 * frames_per_second / value)
     return torch.tensor(out, dtype=torch.float32)
 
 

@@ -190,6 +190,17 @@ def test_scale_and_shift_are_inverted_on_decode(codec, clips):
     assert mel_distance(raw, a[:, 0], b[:, 0]).item() < 0.05
 
 
+def test_latents_far_outside_the_data_range_decode_to_finite_audio(codec, clips):
+    # a high guidance scale can push latents far out; exp() of the log-mel must not overflow
+    z = codec.encode(clips[:2])
+    z[0] = 60.0  # log-mel far above any real audio
+    z[1, :, 5:] += 40.0
+    audio = codec.decode(z)
+    assert torch.isfinite(audio).all()
+    # in-range latents are unaffected by the cap
+    torch.testing.assert_close(codec.decode(codec.encode(clips[:1])), codec.decode(codec.encode(clips[:2]))[:1])
+
+
 def test_fit_scale_errors():
     with pytest.raises(AudioError, match="no audio"):
         fit_scale(LogMelCodec(), [])

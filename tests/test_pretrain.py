@@ -115,3 +115,15 @@ def test_pretrain_with_tempo_conditioning(tmp_path, corpus):
         pretrain(cfg)
     assert not (tmp_path / "t2" / "checkpoints").exists()
 
+
+
+def test_tempo_labels_from_metadata():
+    from dragontune.errors import DataError
+    from dragontune.train import tempo_frames_of
+
+    got = tempo_frames_of([{"tempo": 120.0}, {"bpm": "60"}, {"file": "a.wav"}, {"tempo": ""}], 62.5)
+    torch.testing.assert_close(got[:2], torch.tensor([31.25, 62.5]))
+    assert torch.isnan(got[2:]).all()
+    for bad in ("fast", -90, float("inf")):
+        with pytest.raises(DataError, match=r"clip 'audio/x.wav': tempo .* is not a positive number"):
+            tempo_frames_of([{"file": "audio/x.wav", "tempo": bad}], 62.5)
