@@ -107,13 +107,14 @@ def cmd_sample(args) -> int:
         for k in range(args.n_per_prompt):
             P.append(p)
             S.append(args.seed + i * args.n_per_prompt + k)
-    lat = generate_latents(model, P, S, sc, disable=None)
+    lat = generate_latents(model, P, S, sc, disable=None, bpm=args.bpm)
     audio = model.decode(lat)
     for j, (p, s) in enumerate(zip(P, S)):
         name = f"{j:04d}_seed{s}.wav"
         save_wav(out / name, audio[j], model.sample_rate)
         rows.append({"file": name, "prompt": p, "seed": s, "checkpoint": str(args.checkpoint or "baseline"),
-                     "sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfgpp": args.cfgpp})
+                     "sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfgpp": args.cfgpp,
+                     "bpm": args.bpm})
     atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {len(rows)} clips to {out}")
     return 0
@@ -348,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--cfgpp-steps", type=int, nargs=2, metavar=("START", "STOP"),
                     help="apply CFG++ on steps [START, STOP) only, plain CFG (--cfg) elsewhere")
     sm.add_argument("--sampler", default="dpmpp_2m")
+    sm.add_argument("--bpm", type=float, default=None,
+                    help="tempo for every clip instead of the one read from the prompt (tempo-conditioned models)")
     sm.add_argument("--device", default="auto")
     sm.add_argument("--out", required=True)
     sm.set_defaults(fn=cmd_sample)

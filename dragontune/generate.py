@@ -51,13 +51,19 @@ def generate_latents(
     callback: Callable[[dict], None] | None = None,
     disable: bool | None = True,
     autocast_bf16: bool = False,
+    bpm: float | None = None,
 ) -> torch.Tensor:
-    """Generate latents ``[N, C, F]`` (float32, CPU) for ``prompts[i]`` with noise seed ``seeds[i]``."""
+    """Generate latents ``[N, C, F]`` (float32, CPU) for ``prompts[i]`` with noise seed ``seeds[i]``.
+
+    ``bpm``: a tempo for every clip instead of the one the model reads from the prompt (models with tempo
+    conditioning only).
+    """
     sc = sc or SamplerConfig()
     if len(prompts) != len(seeds):
         raise ConfigError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     if len(prompts) == 0:
         raise ConfigError("no prompts to generate")
+    period = None if bpm is None else model.tempo_frames(bpm)
     solver = get_sampler(sc.sampler)
     device = model.device
     sigmas = karras_sigmas(sc.steps, sc.sigma_min, sc.sigma_max, sc.rho, device=device, dtype=torch.float32)
@@ -69,6 +75,8 @@ def generate_latents(
             p = list(prompts[i:i + sc.batch_size])
             s = list(seeds[i:i + sc.batch_size])
             cond = model.cond(p)
+            if period is not None:
+                cond["tempo_frames"] = torch.full((len(p),), period, device=device)
             x = seeded_noise(s, model.latent_shape, device=device, dtype=torch.float32) * sigmas[0]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
                 lat = solver(make_guided(model, cond, sc), x, sigmas, callback=callback, disable=disable)

@@ -42,6 +42,8 @@ def main():
     ap.add_argument("--n", type=int, default=120)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=3.0)
+    ap.add_argument("--bpm-sweep", type=float, nargs="*", default=None,
+                    help="also generate the first 40 captions at each of these explicit tempi (sample --bpm)")
     args = ap.parse_args()
     rows = filter_rows(load_metadata(args.corpus), {"split": "test", "quality": "clean"})[: args.n]
     model = load_model(args.checkpoint)
@@ -105,6 +107,20 @@ def main():
         print(f"Generated clip's estimated tempo vs the tempo the head read: Spearman "
               f"{spearmanr(est[ok], bpm[ok]).statistic:.3f}, {100 * np.mean(np.abs(est[ok] / bpm[ok] - 1) <= 0.08):.0f} % "
               "within ±8 %.")
+    if args.bpm_sweep:
+        sub = rows[:40]
+        print(f"\nExplicit tempo (`generate_latents(..., bpm=B)`, `dragontune sample --bpm B`) on {len(sub)} captions:\n")
+        print("| requested BPM | median estimated BPM | within ±8 % | octave errors |")
+        print("|---|---|---|---|")
+        for b in args.bpm_sweep:
+            lat = generate_latents(model, [r["caption"] for r in sub], list(range(len(sub))),
+                                   SamplerConfig(steps=args.steps, cfg=args.cfg, batch_size=32), bpm=b)
+            est = np.array([estimate_tempo(a[0].numpy(), sr) for a in model.decode(lat)])
+            r = est[np.isfinite(est)] / b
+            within = np.mean(np.abs(r - 1) <= 0.08)
+            octave = np.mean((np.abs(r - 2) <= 0.16) | (np.abs(r - 0.5) <= 0.04))
+            print(f"| {b:g} | {np.nanmedian(est):.1f} | {100 * within:.0f} % | {100 * octave:.0f} % |")
+
 
 if __name__ == "__main__":
     main()

@@ -150,7 +150,24 @@ class T2AModel:
 
     @staticmethod
     def null_cond(cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"text": torch.zeros_like(cond["text"]), "text_mask": torch.zeros_like(cond["text_mask"])}
+        # other keys (e.g. ``tempo_frames``) are kept: the model ignores them for an empty prompt
+        return {**cond, "text": torch.zeros_like(cond["text"]), "text_mask": torch.zeros_like(cond["text_mask"])}
+
+    def tempo_frames(self, bpm: float) -> float:
+        """Beat period in latent frames for ``bpm``; errors if the model has no tempo conditioning or it is out of range."""
+        from dragontune.errors import ConfigError
+
+        head = self.net.tempo
+        if head is None:
+            raise ConfigError("this checkpoint has no tempo conditioning (model.tempo_bins = 0), so it cannot take a "
+                              "BPM; use a model pre-trained with tempo conditioning (e.g. the committed baseline)")
+        fps = self.sample_rate / self.codec.hop_length
+        lo, hi = (float(v) for v in torch.exp(head.log_periods[[0, -1]]))
+        bpm = float(bpm)
+        if not (bpm > 0 and lo <= 60.0 * fps / bpm <= hi):
+            raise ConfigError(f"bpm={bpm:g} is outside this model's tempo range "
+                              f"{60.0 * fps / hi:.0f}-{60.0 * fps / lo:.0f} BPM")
+        return 60.0 * fps / bpm
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.codec.decode(latents.float())
