@@ -118,6 +118,7 @@ class _Consts:
     fb_pinv: torch.Tensor  # [n_freq, n_mels]
     fb_t: torch.Tensor  # [n_freq, n_mels]
     init_phase: torch.Tensor | None  # [n_freq, max_frames] complex unit, or None for zero phase
+    max_log_mel: float  # log of the largest mel energy audio in [-1, 1] can have (window sum x largest filter sum)
 
 
 class LogMelCodec(Codec):
@@ -281,6 +282,7 @@ class LogMelCodec(Codec):
                 fb_pinv=pinv.to(torch.float32).to(device),
                 fb_t=fb64.T.contiguous().to(torch.float32).to(device),
                 init_phase=phase,
+                max_log_mel=math.log(float(window.sum()) * float(fb64.sum(dim=1).max()) + self.log_floor),
             )
             self._consts[key] = c
         return c
@@ -370,10 +372,9 @@ class LogMelCodec(Codec):
         with torch.no_grad():
             z = latent.to(torch.float32)
             logmel = z / self.scale + self.shift if (self.shift != 0.0 or self.scale != 1.0) else z
-            # No audio in [-1, 1] has a mel energy above (window sum) x (largest filter sum): cap there, so that a
-            # latent far outside the data range (e.g. from a high guidance scale) decodes to loud audio, not Inf.
-            c = self._get(z.device)
-            top = math.log(float(c.window.sum()) * float(c.fb.sum(dim=1).max()) + self.log_floor)
+            # No audio in [-1, 1] has a mel energy above max_log_mel: cap there, so that a latent far outside the
+            # data range (e.g. from a high guidance scale) decodes to loud audio, not Inf.
+            top = self._get(z.device).max_log_mel
             mel = (torch.exp(logmel.clamp(max=top)) - self.log_floor).clamp_(min=0.0)
             mag = self.mel_to_linear(mel)
             # The STFT of F*hop samples with center=True has F+1 frames; repeat the last magnitude frame.

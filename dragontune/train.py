@@ -21,7 +21,7 @@ from dragontune.data.corpus import DataConfig, ensure_corpus
 from dragontune.optim import OptimConfig, flatten_optimizer, unflatten_optimizer
 from dragontune.errors import CheckpointError, ConfigError
 from dragontune.models.checkpoint import ModelSpec, load_state_strict, save_model
-from dragontune.models.dit import DiT, DiTConfig
+from dragontune.models.dit import DiT, DiTConfig, beat_period_frames
 from dragontune.models.edm import EDMDenoiser, P_MEAN, P_STD, count_params, denoising_loss, sample_sigma
 from dragontune.utils import (
     atomic_write_json,
@@ -112,7 +112,7 @@ def tempo_frames_of(rows: list[dict], frames_per_second: float) -> torch.Tensor:
         if not (math.isfinite(value) and value > 0):
             raise DataError(f"clip {r.get('file', r.get('id'))!r}: tempo {bpm!r} is not a positive number of beats "
                             "per minute; fix it or leave the field empty (unknown tempo)")
-        out.append(60.0 * frames_per_second / value)
+        out.append(beat_period_frames(value, frames_per_second))
     return torch.tensor(out, dtype=torch.float32)
 
 
@@ -207,8 +207,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
     # -- data, codec, text
     sr = cfg.codec.sample_rate
     audio, captions, rows = load_split(cfg.data, cfg.data.train_split, sr)
-    tempo_frames = tempo_frames_of(rows, sr / cfg.codec.hop_length)
+    tempo_frames = None  # tempo labels are read (and checked) only for a model with tempo conditioning
     if cfg.model.tempo_bins > 0:
+        tempo_frames = tempo_frames_of(rows, sr / cfg.codec.hop_length)
         known = int(torch.isfinite(tempo_frames).sum())
         log.info("tempo conditioning: %d of %d training clips have a tempo in their metadata", known, len(rows))
         if known == 0:

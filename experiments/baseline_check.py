@@ -23,6 +23,7 @@ from dragontune.data.analysis import estimate_tempo, onset_rate, spectral_centro
 from dragontune.data.dataset import filter_rows, load_metadata
 from dragontune.generate import SamplerConfig, generate_latents
 from dragontune.models.checkpoint import load_model
+from dragontune.models.dit import beat_period_frames
 
 
 def tempo_stats(est, ref):
@@ -97,8 +98,8 @@ def main():
     print(f"Spearman correlation of generated vs real centroid per caption: {cors:.3f}.")
     if model.net.tempo is not None:  # stage 1 of the tempo conditioning: the period read from the text
         fps = sr / model.codec.hop_length
-        with torch.no_grad():
-            bpm = 60.0 * fps / model.net.predict_tempo_frames(**model.cond([r["caption"] for r in rows])).numpy()
+        periods = model.net.predict_tempo_frames(**model.cond([r["caption"] for r in rows])).numpy()
+        bpm = beat_period_frames(periods, fps)
         r = bpm / np.array(ref_tempo)
         print(f"Tempo read from the caption by the model's tempo head: Spearman {spearmanr(bpm, ref_tempo).statistic:.3f} "
               f"with the clip's tempo, {100 * np.mean(np.abs(r - 1) <= 0.08):.0f} % within ±8 %.")

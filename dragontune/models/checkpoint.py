@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dragontune.errors import CheckpointError
-from dragontune.models.dit import DiT, DiTConfig
+from dragontune.models.dit import DiT, DiTConfig, beat_period_frames
 from dragontune.models.edm import EDMDenoiser
 from dragontune.utils import load_safetensors, save_safetensors_atomic
 
@@ -164,10 +164,10 @@ class T2AModel:
         fps = self.sample_rate / self.codec.hop_length
         lo, hi = (float(v) for v in torch.exp(head.log_periods[[0, -1]]))
         bpm = float(bpm)
-        if not (bpm > 0 and lo <= 60.0 * fps / bpm <= hi):
+        if not (bpm > 0 and lo <= beat_period_frames(bpm, fps) <= hi):
             raise ConfigError(f"bpm={bpm:g} is outside this model's tempo range "
-                              f"{60.0 * fps / hi:.0f}-{60.0 * fps / lo:.0f} BPM")
-        return 60.0 * fps / bpm
+                              f"{beat_period_frames(hi, fps):.0f}-{beat_period_frames(lo, fps):.0f} BPM")
+        return beat_period_frames(bpm, fps)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.codec.decode(latents.float())

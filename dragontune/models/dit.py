@@ -63,6 +63,11 @@ class DiTConfig:
     tempo_harmonics: int = 4         # harmonics of the beat frequency given to the network (sub-beats 2, 3, 4)
 
 
+def beat_period_frames(bpm, frames_per_second: float):
+    """Beats per minute <-> beat period in latent frames (the same map both ways): ``60 * fps / x``."""
+    return 60.0 * frames_per_second / bpm
+
+
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of a float tensor ``x[...]`` -> ``[..., dim]`` (cos, sin halves)."""
     half = dim // 2
