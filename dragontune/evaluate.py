@@ -1,22 +1,23 @@
 """Win rates of a fine-tuned model against its baseline over a suite of rewards (docs/evaluation.md).
 
-Both models generate one clip per held-out prompt with the *same* seed and sampler; every reward of the
-suite scores both sets of clips (audio is generated once and shared by all rewards).
+Both models generate ``seeds_per_prompt`` clips per held-out prompt with the *same* seeds and sampler; every
+reward of the suite scores both sets of clips (audio is generated once, each encoder embeds it once).
 
-* instance and instance-to-distribution rewards: the **win rate** is the share of prompts whose
-  fine-tuned clip scores higher than the baseline clip of the same prompt and seed; a tie counts one half.
-  Its interval is the Wilson score interval over the n prompts (:func:`wilson_interval`).
-* distribution-to-distribution rewards (one score per set): prompts are resampled with replacement
-  ``n_boot`` times; each resample scores *the same* prompt indices for both models, and the win rate is
-  the share of resamples in which the fine-tuned set scores higher (ties one half). Resamples are not
-  independent observations, so the Wilson interval over ``n_boot`` describes the resampling noise only;
-  :func:`bootstrap_set_win_rate` also gives the percentile interval of the score difference.
+* instance and instance-to-distribution rewards: the **win rate** is the share of prompts whose fine-tuned
+  clips score higher (mean over the prompt's seeds) than the baseline's; a tie counts one half. Its interval
+  is the Wilson score interval over the n prompts (:func:`wilson_interval`).
+* distribution-to-distribution rewards (one score per set): the set score of all clips per model (>= 256
+  clips for statistics that mean something), and the 95 % percentile interval of the *difference* from a
+  paired bootstrap over prompts (each resample takes the same prompts, with all their clips, for both
+  models: :func:`bootstrap_set_difference`). The **bootstrap win share** (share of resamples in which the
+  fine-tuned set scores higher) is reported as such, not as a probability. FAD is also extrapolated to an
+  infinite set (FAD-inf, :func:`dragontune.metrics.fad_infinity`).
 
 Public API::
 
     wilson_interval(wins, n, z=1.96) -> (lo, hi)
     instance_win_rate(scores_a, scores_b, z=1.96) -> dict
-    bootstrap_set_win_rate(set_score_fn, n, n_boot=200, seed=0, z=1.96) -> dict
+    bootstrap_set_difference(set_score_fn, n_prompts, clips_per_prompt, n_boot=200, seed=0) -> dict
     DEFAULT_SUITE, suite_specs(names, corpus) -> [(name, spec)], build_suite(specs, context, skip_unavailable)
     load_prompts(spec, corpus, limit=None) -> [str]
     evaluate_models(baseline_path, model_path, prompts, suite, *, seeds, sampler, device, out_dir, ...) -> dict
@@ -113,37 +114,40 @@ def instance_win_rate(scores_a: Any, scores_b: Any, z: float = 1.96) -> dict:
     }
 
 
-def bootstrap_set_win_rate(
+def bootstrap_set_difference(
     set_score_fn: Callable[[np.ndarray], tuple[float, float]],
-    n: int,
+    n_prompts: int,
+    clips_per_prompt: int = 1,
     n_boot: int = 200,
     seed: int = 0,
-    z: float = 1.96,
     level: float = 0.95,
 ) -> dict:
-    """Bootstrap win rate for a set reward.
+    """Paired bootstrap over prompts of a set reward's difference (fine-tuned minus baseline).
 
-    ``set_score_fn(indices) -> (score_a, score_b)`` scores the baseline and the model sets restricted to
-    the *same* resampled prompt indices (an int array of length ``n``, drawn with replacement). The win
-    rate is the share of the ``n_boot`` resamples in which B scores higher (ties 1/2), with a Wilson
-    interval over the resamples (they are not independent data: read it as resampling noise), plus the
-    ``level`` percentile interval of ``score_b - score_a``. Deterministic given ``seed``. Resamples where
-    either score is not finite are dropped and counted.
-
-    Returns ``{win_rate, lo, hi, n_boot, ties, nan_dropped, diff_mean, diff_lo, diff_hi}``.
+    The clips are ordered prompt-major (clip ``i * S + s`` is seed ``s`` of prompt ``i``). Each resample draws
+    ``n_prompts`` prompts with replacement and keeps every clip of each drawn prompt, for *both* models
+    (``set_score_fn(clip_indices) -> (score_a, score_b)``): prompts are the independent units. Returns the
+    percentile ``level`` interval of ``score_b - score_a`` (``diff_lo``, ``diff_hi``), its mean, and the
+    **bootstrap win share** (share of resamples with B higher, ties 1/2) -- a summary of the same resamples, not
+    a probability of anything and not an interval. Resamples where a score is not finite are dropped, counted.
+    Deterministic given ``seed``.
     """
-    n, n_boot = int(n), int(n_boot)
+    n, S, n_boot = int(n_prompts), int(clips_per_prompt), int(n_boot)
     if n < 1:
-        raise ValueError(f"bootstrap_set_win_rate: need n >= 1 prompts, got {n}")
+        raise ValueError(f"bootstrap_set_difference: need n_prompts >= 1, got {n}")
+    if S < 1:
+        raise ValueError(f"bootstrap_set_difference: need clips_per_prompt >= 1, got {S}")
     if n_boot < 1:
-        raise ValueError(f"bootstrap_set_win_rate: need n_boot >= 1, got {n_boot}")
+        raise ValueError(f"bootstrap_set_difference: need n_boot >= 1, got {n_boot}")
     if not 0 < level < 1:
-        raise ValueError(f"bootstrap_set_win_rate: level must be in (0, 1), got {level}")
+        raise ValueError(f"bootstrap_set_difference: level must be in (0, 1), got {level}")
     rng = np.random.default_rng(int(seed))
     diffs = []
     dropped = 0
+    offs = np.arange(S)
     for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
+        pidx = rng.integers(0, n, size=n)
+        idx = (pidx[:, None] * S + offs[None, :]).reshape(-1)
         sa, sb = set_score_fn(idx)
         sa, sb = float(sa), float(sb)
         if not (math.isfinite(sa) and math.isfinite(sb)):
@@ -153,19 +157,16 @@ def bootstrap_set_win_rate(
     d = np.asarray(diffs, dtype=np.float64)
     k = int(d.shape[0])
     ties = int((d == 0).sum())
-    wins = float((d > 0).sum()) + 0.5 * ties
-    lo, hi = wilson_interval(wins, k, z)
     q = (1.0 - level) / 2.0
     return {
-        "win_rate": wins / k if k else float("nan"),
-        "lo": lo,
-        "hi": hi,
+        "boot_win_share": (float((d > 0).sum()) + 0.5 * ties) / k if k else float("nan"),
         "n_boot": k,
         "ties": ties,
         "nan_dropped": dropped,
         "diff_mean": float(d.mean()) if k else float("nan"),
         "diff_lo": float(np.quantile(d, q)) if k else float("nan"),
         "diff_hi": float(np.quantile(d, 1.0 - q)) if k else float("nan"),
+        "level": level,
     }
 
 
@@ -328,78 +329,15 @@ def load_prompts(spec: str | os.PathLike, corpus: str | os.PathLike | None = Non
     return prompts
 
 
-def eval_seed(seed: int, i: int) -> int:
-    """Seed of held-out prompt ``i`` (equal to the DRAGON loop's ``derived_seed(seed, "eval", i)``)."""
-    return int(hashlib.sha256(f"{seed}/eval/{i}".encode()).hexdigest()[:15], 16)
+def eval_seed(seed: int, i: int, k: int = 0) -> int:
+    """Seed of clip ``k`` of held-out prompt ``i`` (for k = 0 equal to the DRAGON loop's
+    ``derived_seed(seed, "eval", i)``)."""
+    key = f"{seed}/eval/{i}" if k == 0 else f"{seed}/eval/{i}/{k}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # evaluation
-
-
-class _MemoEncoder:
-    """Wraps an encoder and remembers ``embed_audio`` results for the exact tensors it saw (by identity), so
-    that rewards sharing an encoder embed each generated set once. Everything else is delegated."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self._memo: list[tuple[torch.Tensor, int, list[torch.Tensor]]] = []
-
-    def embed_audio(self, audio: torch.Tensor, sample_rate: int) -> list[torch.Tensor]:
-        for t, sr, frames in self._memo:
-            if t is audio and sr == sample_rate:
-                return list(frames)
-        frames = list(self.inner.embed_audio(audio, sample_rate))
-        self._memo.append((audio, sample_rate, frames))
-        return list(frames)
-
-    def embed_clip(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        return torch.stack([f.mean(dim=0) for f in self.embed_audio(audio, sample_rate)])
-
-    def __getattr__(self, key: str):
-        return getattr(self.inner, key)
-
-
-def _share_embeddings(rewards: list) -> list:
-    """Shallow copies of the rewards whose ``encoder`` is wrapped in one :class:`_MemoEncoder` per encoder."""
-    from dragontune.encoders.base import Encoder
-
-    memo: dict[int, _MemoEncoder] = {}
-    out = []
-    for name, r in rewards:
-        enc = getattr(r, "encoder", None)
-        if isinstance(enc, Encoder):
-            r = copy.copy(r)
-            r.encoder = memo.setdefault(id(enc), _MemoEncoder(enc))
-        out.append((name, r))
-    return out
-
-
-def _set_scorer(reward, batch) -> Callable[[np.ndarray], float]:
-    """``indices -> set score`` of ``reward`` on a sub-batch, embedding the clips only once when it can."""
-    from dragontune.rewards.base import ScoringBatch
-    from dragontune.rewards.builtin import EmbeddingReward
-
-    if isinstance(reward, EmbeddingReward):
-        frames = reward.embed(batch)  # embedded once; each resample only recomputes the set statistic
-
-        def score(idx: np.ndarray) -> float:
-            sel = [int(i) for i in idx]
-            sub = ScoringBatch(batch.audio[torch.as_tensor(sel, dtype=torch.long)], batch.sample_rate,
-                               [batch.prompts[i] for i in sel])
-            with torch.no_grad():
-                res = reward.score(sub, [frames[i] for i in sel])
-            return float(res.set_score) if res.set_score is not None else float("nan")
-
-        return score
-
-    def score_slow(idx: np.ndarray) -> float:
-        sel = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        with torch.no_grad():
-            return reward.set_score(ScoringBatch(batch.audio[sel], batch.sample_rate,
-                                                 [batch.prompts[int(i)] for i in sel]))
-
-    return score_slow
 
 
 def _load_pair(baseline_path, model_path, device):
@@ -423,15 +361,42 @@ def _load_pair(baseline_path, model_path, device):
     return base, model
 
 
-def _generate_audio(model, prompts, seeds, sampler) -> torch.Tensor:
+def _generate_latents_cached(model, model_file: str | None, prompts, seeds, sampler, cache_dir) -> torch.Tensor:
+    """Latents of ``model`` for (prompts, seeds, sampler); with ``cache_dir`` they are kept on disk under a key
+    of the model file's content hash and every generation setting, so the baseline of many comparisons with
+    the same seeds is generated once."""
     from dragontune.generate import generate_latents
+    from dragontune.models.checkpoint import PACKAGE_BASELINE
+    from dragontune.utils import load_safetensors, save_safetensors_atomic, sha256_file, sha256_json
 
+    if cache_dir is None:
+        return generate_latents(model, prompts, seeds, sampler)
+    model_file = str(PACKAGE_BASELINE) if model_file is None else model_file
+    key = sha256_json({"model": sha256_file(model_file), "prompts": list(prompts), "seeds": list(seeds),
+                       "sampler": dataclasses.asdict(sampler), "format": 1})[:32]
+    path = Path(cache_dir) / f"{key}.safetensors"
+    if path.is_file():
+        return load_safetensors(path)[0]["latents"]
     lat = generate_latents(model, prompts, seeds, sampler)
+    save_safetensors_atomic({"latents": lat.contiguous()}, path, {"model": str(model_file)})
+    return lat
+
+
+def _decode(model, lat: torch.Tensor, batch_size: int) -> torch.Tensor:
     out = []
-    bs = max(1, int(sampler.batch_size))
+    bs = max(1, int(batch_size))
     for i in range(0, lat.shape[0], bs):
         out.append(model.decode(lat[i:i + bs].to(model.device)).cpu())
     return torch.cat(out)
+
+
+def _per_prompt_mean(scores: torch.Tensor, n_prompts: int, per_prompt: int) -> torch.Tensor:
+    """Mean over each prompt's clips (NaN clips ignored; a prompt whose clips are all NaN stays NaN)."""
+    s = scores.to(torch.float64).reshape(n_prompts, per_prompt)
+    ok = torch.isfinite(s)
+    cnt = ok.sum(1)
+    tot = torch.where(ok, s, torch.zeros_like(s)).sum(1)
+    return torch.where(cnt > 0, tot / cnt.clamp_min(1), torch.full_like(tot, float("nan")))
 
 
 def _pick_audio(n: int, k: int) -> list[int]:
@@ -442,6 +407,10 @@ def _pick_audio(n: int, k: int) -> list[int]:
     return sorted({int(round(j * (n - 1) / (k - 1))) for j in range(k)}) if k > 1 else [0]
 
 
+#: fewest clips per model for a set-reward comparison whose statistics mean something (issue: >= 256)
+MIN_SET_CLIPS = 256
+
+
 def evaluate_models(
     baseline_path: str | os.PathLike | None,
     model_path: str | os.PathLike,
@@ -450,6 +419,7 @@ def evaluate_models(
     *,
     seeds: Sequence[int] | None = None,
     seed: int = 0,
+    seeds_per_prompt: int = 1,
     sampler=None,
     device: str = "cpu",
     out_dir: str | os.PathLike | None = None,
@@ -459,19 +429,28 @@ def evaluate_models(
     skip_unavailable: bool = False,
     on_error: str = "raise",
     cache_dir: str | os.PathLike | None = None,
+    generation_cache: str | os.PathLike | None = None,
     z: float = 1.96,
 ) -> dict:
     """Win rates of ``model_path`` (B) against ``baseline_path`` (A; ``None`` = the committed baseline).
 
-    Both models generate one clip per prompt with ``seeds`` (default ``eval_seed(seed, i)``) and the same
-    ``sampler`` (a :class:`dragontune.generate.SamplerConfig`). ``suite`` is anything
-    :func:`suite_specs` accepts (names are resolved against ``corpus``). ``on_error="record"`` stores a
-    reward that fails while scoring as an error row instead of raising. With ``out_dir`` it writes
-    ``eval.json``, ``eval.md`` and ``audio/`` (``n_audio`` baseline/model pairs + ``index.json``).
+    Both models generate ``seeds_per_prompt`` clips per prompt with the same seeds (default
+    ``eval_seed(seed, i, k)``; or one explicit seed per prompt in ``seeds``) and the same ``sampler``.
+    Per-sample rewards: win rate over prompts of the per-prompt mean score (ties 1/2), Wilson interval.
+    Set rewards: the set score of all clips per model, a paired bootstrap over prompts of the difference
+    (percentile interval; the *bootstrap win share* summarises the same resamples), and for FAD also FAD
+    extrapolated to infinitely many clips (``fad_inf``) so that sets of different sizes compare. A set
+    comparison on fewer than ``MIN_SET_CLIPS`` clips per model is flagged (``small_set``) and warned about.
+    Each batch is embedded once per encoder (rewards share embeddings through the batch).
+    ``generation_cache``: a folder where generated latents are kept (the baseline of repeated comparisons).
+    ``on_error="record"`` stores a reward that fails while scoring as an error row instead of raising. With
+    ``out_dir`` it writes ``eval.json``, ``eval.md`` and ``audio/`` (``n_audio`` baseline/model pairs).
     Returns the dict written to ``eval.json``.
     """
     from dragontune.generate import SamplerConfig
+    from dragontune.metrics import fad_infinity
     from dragontune.rewards.base import ScoringBatch
+    from dragontune.rewards.builtin import FADReward
     from dragontune.rewards.registry import RewardContext
     from dragontune.utils import resolve_device
 
@@ -481,9 +460,18 @@ def evaluate_models(
     if not prompts or any(not p.strip() for p in prompts):
         raise DataError("evaluation needs at least one prompt, and no prompt may be empty"
                         if prompts else "evaluation needs at least one prompt; the prompt list is empty")
-    seeds = [int(s) for s in seeds] if seeds is not None else [eval_seed(seed, i) for i in range(len(prompts))]
-    if len(seeds) != len(prompts):
-        raise ConfigError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    S = int(seeds_per_prompt)
+    if S < 1:
+        raise ConfigError(f"seeds_per_prompt={seeds_per_prompt!r} must be >= 1 (clips per prompt and model)")
+    if seeds is not None:
+        if S != 1:
+            raise ConfigError("give either explicit seeds (one per prompt) or seeds_per_prompt, not both")
+        seeds = [int(v) for v in seeds]
+        if len(seeds) != len(prompts):
+            raise ConfigError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    else:
+        seeds = [eval_seed(seed, i, k) for i in range(len(prompts)) for k in range(S)]
+    clip_prompts = [p for p in prompts for _ in range(S)]
     sampler = sampler or SamplerConfig()
     specs = suite_specs(suite, corpus)
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
@@ -492,15 +480,18 @@ def evaluate_models(
     base, model = _load_pair(baseline_path, model_path, dev)
     ctx = RewardContext(codec=base.codec, device=dev, cache_dir=cache_dir)
     rewards, skipped = build_suite(specs, ctx, skip_unavailable=skip_unavailable)
-    rewards = _share_embeddings(rewards)
     t1 = time.perf_counter()
-    log.info("evaluation: generating %d clips per model (%s, %d steps)", len(prompts), sampler.sampler, sampler.steps)
-    audio_a = _generate_audio(base, prompts, seeds, sampler)
-    audio_b = _generate_audio(model, prompts, seeds, sampler)
+    n_clips = len(clip_prompts)
+    log.info("evaluation: generating %d clips per model (%d prompts x %d seeds; %s, %d steps)", n_clips,
+             len(prompts), S, sampler.sampler, sampler.steps)
+    lat_a = _generate_latents_cached(base, None if baseline_path is None else str(baseline_path), clip_prompts,
+                                     seeds, sampler, generation_cache)
+    lat_b = _generate_latents_cached(model, str(model_path), clip_prompts, seeds, sampler, generation_cache)
+    audio_a, audio_b = _decode(base, lat_a, sampler.batch_size), _decode(model, lat_b, sampler.batch_size)
     t2 = time.perf_counter()
     sr = base.sample_rate
-    batch_a = ScoringBatch(audio_a, sr, prompts)
-    batch_b = ScoringBatch(audio_b, sr, prompts)
+    batch_a = ScoringBatch(audio_a, sr, clip_prompts)
+    batch_b = ScoringBatch(audio_b, sr, clip_prompts)
     spec_of = dict(specs)
     rows = []
     for name, reward in rewards:
@@ -508,23 +499,37 @@ def evaluate_models(
                                "spec": spec_of[name]}
         try:
             with torch.no_grad():
+                fa, fb = reward.features(batch_a), reward.features(batch_b)
                 if reward.reward_class == "dist_to_dist":
-                    fa, fb = _set_scorer(reward, batch_a), _set_scorer(reward, batch_b)
-                    full = np.arange(len(prompts))
-                    row["before"], row["after"] = float(fa(full)), float(fb(full))
+                    row["before"], row["after"] = reward.set_value(fa), reward.set_value(fb)
                     row["method"] = "bootstrap"
-                    bs = bootstrap_set_win_rate(lambda idx: (fa(idx), fb(idx)), len(prompts), n_boot=n_boot,
-                                                seed=seed, z=z)
+                    bs = bootstrap_set_difference(
+                        lambda idx: (reward.set_value(fa.subset(idx)), reward.set_value(fb.subset(idx))),
+                        len(prompts), S, n_boot=n_boot, seed=seed)
                     row.update(bs)
-                    row["n"] = len(prompts)
+                    # the table's "win rate" of a set reward is the bootstrap win share (labelled as such)
+                    row.update(win_rate=bs["boot_win_share"], win_rate_kind="bootstrap win share", lo=None, hi=None,
+                               n=len(prompts), n_clips=n_clips)
+                    if n_clips < MIN_SET_CLIPS:
+                        row["small_set"] = True
+                        log.warning("evaluation: set reward %s compared on %d clips per model (< %d): its statistics "
+                                    "are rank-deficient; raise the prompts or seeds_per_prompt", name, n_clips,
+                                    MIN_SET_CLIPS)
+                    if isinstance(reward, FADReward) and reward.pooling == "clip" and n_clips >= 8:
+                        ia = fad_infinity(fa.clips, reward.exemplars.clips, seed=seed)
+                        ib = fad_infinity(fb.clips, reward.exemplars.clips, seed=seed)
+                        row["fad_inf_before"], row["fad_inf_after"] = ia["fad_inf"], ib["fad_inf"]
                 else:
-                    ra, rb = reward(batch_a), reward(batch_b)
-                    iw = instance_win_rate(ra.scores, rb.scores, z=z)
+                    ra, rb = reward.score(fa), reward.score(fb)
+                    pa = _per_prompt_mean(ra.scores, len(prompts), S)
+                    pb = _per_prompt_mean(rb.scores, len(prompts), S)
+                    iw = instance_win_rate(pa, pb, z=z)
                     row["method"] = "instance"
+                    row["win_rate_kind"] = "share of prompts"
                     row["before"], row["after"] = iw.pop("mean_a"), iw.pop("mean_b")
                     row.update(iw)
-                    row["scores_before"] = [_jf(v) for v in ra.scores.tolist()]
-                    row["scores_after"] = [_jf(v) for v in rb.scores.tolist()]
+                    row["scores_before"] = [_jf(v) for v in pa.tolist()]
+                    row["scores_after"] = [_jf(v) for v in pb.tolist()]
         except DragontuneError as e:
             if on_error == "raise":
                 raise type(e)(f"suite reward {name!r}: {e}") from None
@@ -532,7 +537,10 @@ def evaluate_models(
             row = {"name": name, "reward": reward.name, "reward_class": reward.reward_class, "spec": spec_of[name],
                    "error": f"{type(e).__name__}: {e}"}
         rows.append(row)
-        if "win_rate" in row:
+        if row.get("method") == "bootstrap":
+            log.info("evaluation: %s difference %.4g [%.4g, %.4g] (bootstrap win share %.3f)", name,
+                     row["after"] - row["before"], row["diff_lo"], row["diff_hi"], row["win_rate"])
+        elif "win_rate" in row:
             log.info("evaluation: %s win rate %.3f [%.3f, %.3f]", name, row["win_rate"], row["lo"], row["hi"])
     t3 = time.perf_counter()
     result: dict[str, Any] = {
@@ -542,6 +550,8 @@ def evaluate_models(
         "codec": base.codec.id,
         "sample_rate": sr,
         "n_prompts": len(prompts),
+        "seeds_per_prompt": S,
+        "n_clips": n_clips,
         "prompts": prompts,
         "seeds": seeds,
         "sampler": dataclasses.asdict(sampler),
@@ -551,10 +561,10 @@ def evaluate_models(
         "skipped": [{"name": n, "reason": r} for n, r in skipped],
         "time": {"load": t1 - t0, "generate": t2 - t1, "score": t3 - t2},
     }
-    scored = [r for r in rows if "win_rate" in r and math.isfinite(r["win_rate"])]
+    scored = [r for r in rows if "win_rate" in r and r["win_rate"] is not None and math.isfinite(r["win_rate"])]
     result["mean_win_rate"] = float(np.mean([r["win_rate"] for r in scored])) if scored else None
     if out is not None:
-        result["audio"] = _save_audio(out, prompts, seeds, audio_a, audio_b, sr, n_audio)
+        result["audio"] = _save_audio(out, clip_prompts, seeds, audio_a, audio_b, sr, n_audio)
         atomic_write_json(out / "eval.json", _json_safe(result))
         atomic_write_text(out / "eval.md", format_eval_markdown(result))
         log.info("evaluation written to %s", out / "eval.json")
@@ -609,9 +619,13 @@ def _table_rows(result: Mapping[str, Any]) -> list[list[str]]:
             continue
         wr = r.get("win_rate")
         win = "-" if wr is None or not math.isfinite(wr) else f"{100 * wr:.1f}%"
-        ci = "-" if wr is None else f"[{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
+        ci = "-" if wr is None or r.get("lo") is None else f"[{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
         if r.get("method") == "bootstrap":
-            note = (f"bootstrap {r.get('n_boot')}x; diff [{_fmt(r.get('diff_lo'))}, {_fmt(r.get('diff_hi'))}]")
+            win = "-" if wr is None or not math.isfinite(wr) else f"{100 * wr:.1f}% (boot. share)"
+            note = (f"{r.get('n_clips', r.get('n'))} clips; difference 95% [{_fmt(r.get('diff_lo'))}, "
+                    f"{_fmt(r.get('diff_hi'))}] (paired bootstrap over prompts, {r.get('n_boot')}x)")
+            if r.get("fad_inf_before") is not None:
+                note += f"; FAD-inf {_fmt(r['fad_inf_before'])} -> {_fmt(r['fad_inf_after'])}"
         else:
             note = f"ties {r.get('ties', 0)}" + (f", NaN {r['nan_dropped']}" if r.get("nan_dropped") else "")
         rows.append([r["name"], r.get("reward_class", ""), str(r.get("n", "-")), win, ci,
@@ -647,10 +661,13 @@ def format_eval_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         "# Win rates: fine-tuned vs baseline", "",
         f"- model: `{result.get('model')}`", f"- baseline: `{result.get('baseline')}`",
-        f"- prompts: {result.get('n_prompts')} (one clip per prompt and model, same seeds and sampler)",
+        f"- prompts: {result.get('n_prompts')} x {result.get('seeds_per_prompt', 1)} seeds per prompt and model "
+        "(same seeds and sampler)",
         f"- sampler: {(result.get('sampler') or {}).get('sampler')}, {(result.get('sampler') or {}).get('steps')} steps",
-        "- win rate: share of prompts where the fine-tuned clip scores higher (ties count 1/2), Wilson 95% "
-        "interval; set rewards: share of bootstrap resamples of the prompts (see docs/evaluation.md)", "",
+        "- win rate: share of prompts where the fine-tuned clips score higher (ties count 1/2), Wilson 95% "
+        "interval; set rewards: the 95% interval is of the score difference (paired bootstrap over prompts, "
+        "percentile), and the bootstrap win share is the share of those resamples in which the fine-tuned set "
+        "scores higher (see docs/evaluation.md)", "",
         "| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD),
     ]
     lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in _table_rows(result)]

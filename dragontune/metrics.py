@@ -38,6 +38,10 @@ __all__ = [
     "fad_leave_one_out",
     "kad_leave_one_out",
     "vendi_leave_one_out",
+    "fad_join",
+    "kad_join",
+    "vendi_join",
+    "fad_infinity",
 ]
 
 _F64 = torch.float64
@@ -317,13 +321,24 @@ def _rbf(d2: torch.Tensor, bw: torch.Tensor) -> torch.Tensor:
     return torch.exp(-d2 / (2 * bw * bw))
 
 
-def kad(x: torch.Tensor, y: torch.Tensor, bandwidth: float | torch.Tensor | None = None) -> torch.Tensor:
+def kad(x: torch.Tensor, y: torch.Tensor, bandwidth: float | torch.Tensor | None = None,
+        single_ok: bool = False) -> torch.Tensor:
     """Kernel audio distance: unbiased MMD^2 between samples ``x[n, d]`` and ``y[m, d]``.
 
     Kernel ``k(a, b) = exp(-|a - b|^2 / (2 h^2))`` with ``h`` = :func:`median_bandwidth` of ``y`` (the
     reference) unless given. The estimator averages kernel values over distinct pairs, so it is unbiased
     and *can be slightly negative* when x and y come from one distribution; it is not clamped.
+    ``single_ok``: a single ``x`` row is scored with the V-statistic within-set term k(x, x) = 1 (the unbiased
+    one is undefined for one sample).
     """
+    if single_ok and isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == 1:
+        x = _as_matrix(x, "generated embeddings", min_rows=1)
+        y = _as_matrix(y, "reference embeddings", min_rows=2).to(x.device)
+        bw = median_bandwidth(y) if bandwidth is None else torch.as_tensor(bandwidth, dtype=_F64, device=x.device)
+        m = y.shape[0]
+        kyy = _rbf(_sqdist(y, y), bw)
+        syy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        return 1.0 + syy - 2 * _rbf(_sqdist(x, y), bw).mean()
     x = _as_matrix(x, "generated embeddings", min_rows=2)
     y = _as_matrix(y, "reference embeddings", min_rows=2).to(x.device)
     _check_dims(x.shape[1], y.shape[1], "generated embeddings", "reference embeddings")
@@ -582,3 +597,124 @@ def vendi_leave_one_out(embeddings: torch.Tensor, q: float = 1.0) -> LeaveOneOut
     tol = max(n, d) * torch.finfo(_F64).eps * ev.max(-1, keepdim=True).values.clamp_min(0)
     ev = torch.where(ev > tol, ev, torch.zeros_like(ev))
     return LeaveOneOut(full, _vendi_from_spectrum(ev, float(q)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Joining a pool: the metric of pool + {candidate i} for every candidate, from the pool's statistics
+
+
+def fad_join(pool: GaussianStats, adds: torch.Tensor | list[GaussianStats], ref: GaussianStats) -> torch.Tensor:
+    """FAD against ``ref`` of the pool's Gaussian merged with each candidate -> ``[N]``.
+
+    ``adds`` is ``[N, d]`` (each candidate one row, e.g. a clip vector) or a list of N GaussianStats (each
+    candidate several rows, e.g. one clip's frames). Exact: Chan's merge of the statistics, then one batched
+    ``d x d`` symmetric eigenvalue problem per candidate; the pool's own rows are never revisited, so the cost
+    does not grow with the pool size.
+    """
+    if pool.n < 1:
+        raise MetricError("fad_join: the pool is empty")
+    dt, dev = _F64, pool.mu.device
+    if isinstance(adds, torch.Tensor):
+        x = _as_matrix(adds, "candidates", min_rows=1).to(dev)
+        mu_c, m2_c = x, None
+        n_c = torch.ones(x.shape[0], dtype=dt, device=dev)
+    else:
+        if not adds:
+            return torch.zeros(0, dtype=dt, device=dev)
+        mu_c = torch.stack([a.mu.to(dev, dt) for a in adds])
+        m2_c = torch.stack([a.m2().to(dev, dt) for a in adds])
+        n_c = torch.tensor([float(a.n) for a in adds], dtype=dt, device=dev)
+    _check_dims(mu_c.shape[1], pool.dim, "candidates", "pool")
+    _check_dims(mu_c.shape[1], ref.dim, "candidates", "reference statistics")
+    n = float(pool.n)
+    tot = n + n_c
+    delta = mu_c - pool.mu[None]
+    mu = pool.mu[None] + delta * (n_c / tot)[:, None]
+    m2 = pool.m2()[None] + (delta[:, :, None] * delta[:, None, :]) * (n * n_c / tot)[:, None, None]
+    if m2_c is not None:
+        m2 = m2 + m2_c
+    cov = m2 / (tot - 1)[:, None, None]
+    s_ref = ref.sqrt().to(dev, dt)
+    p = s_ref[None] @ cov @ s_ref[None]
+    tr_sqrt = _sum_sqrt_eig(torch.linalg.eigvalsh(0.5 * (p + p.transpose(-1, -2))))
+    diff = mu - ref.mu.to(dev, dt)[None]
+    tr_c = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1)
+    return ((diff * diff).sum(1) + tr_c + torch.trace(ref.cov.to(dev, dt)) - 2 * tr_sqrt).clamp_min(0.0)
+
+
+def kad_join(pool: torch.Tensor, adds: torch.Tensor, y: torch.Tensor,
+             bandwidth: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Unbiased KAD against ``y`` of ``pool[n, d]`` plus each row of ``adds[N, d]`` -> ``[N]``; O((n + m) N d)
+    beyond the pool's own kernel sums."""
+    p = _as_matrix(pool, "pool embeddings", min_rows=1)
+    x = _as_matrix(adds, "candidates", min_rows=1).to(p.device)
+    y = _as_matrix(y, "reference embeddings", min_rows=2).to(p.device)
+    _check_dims(x.shape[1], y.shape[1], "candidates", "reference embeddings")
+    _check_dims(p.shape[1], y.shape[1], "pool embeddings", "reference embeddings")
+    bw = median_bandwidth(y) if bandwidth is None else torch.as_tensor(bandwidth, dtype=_F64, device=p.device)
+    n, m = p.shape[0], y.shape[0]
+    kpp = _rbf(_sqdist(p, p), bw)
+    s_pp = kpp.sum() - kpp.diagonal().sum()
+    kyy = _rbf(_sqdist(y, y), bw)
+    syy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    s_py = _rbf(_sqdist(p, y), bw).sum()
+    s_xp = _rbf(_sqdist(x, p), bw).sum(1)
+    s_xy = _rbf(_sqdist(x, y), bw).sum(1)
+    return (s_pp + 2 * s_xp) / ((n + 1) * n) + syy - 2 * (s_py + s_xy) / ((n + 1) * m)
+
+
+def vendi_join(pool: torch.Tensor, adds: torch.Tensor, q: float = 1.0) -> torch.Tensor:
+    """Vendi score (cosine kernel, order ``q``) of ``pool[n, d]`` plus each row of ``adds[N, d]`` -> ``[N]``:
+    one batched eigenvalue problem of the smaller of the ``d x d`` dual and the ``(n + 1)`` Gram matrix."""
+    if q < 0:
+        raise MetricError(f"vendi_join: q must be >= 0; got {q}")
+    p = _unit_rows(_as_matrix(pool, "pool embeddings", min_rows=1), "pool embeddings")
+    x = _unit_rows(_as_matrix(adds, "candidates", min_rows=1).to(p.device), "candidates")
+    _check_dims(x.shape[1], p.shape[1], "candidates", "pool embeddings")
+    n, d = p.shape[0] + 1, p.shape[1]
+    if d < n:
+        mats = (p.T @ p)[None] + x[:, :, None] * x[:, None, :]
+    else:
+        g = p @ p.T
+        px = x @ p.T  # [N, n-1]
+        top = torch.cat([g[None].expand(x.shape[0], -1, -1), px[:, :, None]], dim=2)
+        bottom = torch.cat([px, torch.ones(x.shape[0], 1, dtype=p.dtype, device=p.device)], dim=1)[:, None, :]
+        mats = torch.cat([top, bottom], dim=1)
+    ev = torch.linalg.eigvalsh(0.5 * (mats + mats.transpose(-1, -2))) / n
+    tol = max(n, d) * torch.finfo(_F64).eps * ev.max(-1, keepdim=True).values.clamp_min(0)
+    ev = torch.where(ev > tol, ev, torch.zeros_like(ev))
+    return _vendi_from_spectrum(ev, float(q))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FAD extrapolated to an infinite set (Chong & Forsyth 2020; fadtk's --inf)
+
+
+def fad_infinity(x: torch.Tensor, ref: GaussianStats, n_sizes: int = 8, draws: int = 3, min_n: int | None = None,
+                 seed: int = 0) -> dict:
+    """FAD is biased upward by O(1/n). Fit ``FAD(n) = FAD_inf + b / n`` by least squares over random subsets
+    (without replacement) of ``n_sizes`` sizes from ``min_n`` (default max(d + 2, N / 4)) to N, ``draws`` each;
+    returns ``{"fad_inf", "slope", "sizes", "fad_at"}``. Sets of different sizes compare through ``fad_inf``."""
+    x = _as_matrix(x, "embeddings", min_rows=3)
+    n_all, d = x.shape
+    lo = int(min_n) if min_n is not None else max(d + 2, n_all // 4)
+    lo = max(3, min(lo, n_all))
+    sizes = sorted({int(round(v)) for v in torch.linspace(lo, n_all, n_sizes).tolist()})
+    g = torch.Generator().manual_seed(int(seed))
+    inv, vals, means = [], [], []
+    for s in sizes:
+        k = 1 if s == n_all else draws
+        vs = []
+        for _ in range(k):
+            idx = torch.randperm(n_all, generator=g)[:s].to(x.device)
+            vs.append(float(fad_from_embeddings(x[idx], ref)))
+        for v in vs:
+            inv.append(1.0 / s)
+            vals.append(v)
+        means.append(sum(vs) / len(vs))
+    if len(sizes) < 2:
+        return {"fad_inf": float("nan"), "slope": float("nan"), "sizes": sizes, "fad_at": means}
+    a = torch.tensor([[1.0, v] for v in inv], dtype=_F64)
+    b = torch.tensor(vals, dtype=_F64)
+    sol = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+    return {"fad_inf": float(sol[0]), "slope": float(sol[1]), "sizes": sizes, "fad_at": means}

@@ -274,7 +274,7 @@ def test_build_demonstrations_dispatch():
 
 def test_validate_combination_table_and_messages():
     combos = valid_combinations()
-    assert len(combos) == 10
+    assert len(combos) == 12  # 2 per-sample classes x 2, dist_to_dist x 4 builders x 2 losses
     for rc, b, l in combos:
         validate_combination(rc, b, l, 4)
     with pytest.raises(ConfigError) as e:
@@ -292,7 +292,7 @@ def test_validate_combination_table_and_messages():
     with pytest.raises(ConfigError, match="invalid DRAGON"):
         validate_combination("set", "loo", "dpo", 4)
     for b, rc in (("paired", "instance"), ("greedy", "dist_to_dist"), ("split", "dist_to_dist"),
-                  ("loo", "dist_to_dist")):
+                  ("loo", "dist_to_dist"), ("pool", "dist_to_dist")):
         with pytest.raises(ConfigError, match="at least 2 samples per prompt"):
             validate_combination(rc, b, "dpo", 1)
     validate_combination("dist_to_dist", "split", "kto", 1)

@@ -181,8 +181,10 @@ def test_bad_inputs(env, tmp_path):
         run(env, tmp_path / "a", reward={"name": "nope"})
     with pytest.raises(ConfigError, match="valid"):
         run(env, tmp_path / "b", builder="loo", loss="dpo")  # loo is for set rewards
-    with pytest.raises(ConfigError, match="k_per_prompt|K"):
-        run(env, tmp_path / "c", k_per_prompt=1)
+    with pytest.raises(ConfigError, match="at least 2 samples per prompt"):
+        run(env, tmp_path / "c", k_per_prompt=1, loss="dpo")  # pairs asked for explicitly
+    with pytest.raises(ConfigError, match="at least 2 samples per prompt"):  # a set reward where pairs are needed
+        run(env, tmp_path / "c2", k_per_prompt=1, builder="pool", loss="dpo", reward=FAD(env))
     empty = write_prompts(tmp_path / "empty.txt", [])
     with pytest.raises(DataError, match="empty"):
         run(env, tmp_path / "d", prompts=str(empty))
@@ -216,26 +218,3 @@ def test_nan_rewards_are_dropped_and_all_nan_rounds_skipped(env, tmp_path, monke
     run(env, tmp_path / "b", reward={"name": "flaky_rms", "all_nan": True}, rounds=2)
     recs = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["skipped_rounds"] == 2 and all("train/loss" not in r for r in recs)
-
-
-def test_subset_scorer_matches_metrics(env):
-    """Subset set-scores equal the reward evaluated on the sub-batch (n >= 3) and handle singletons."""
-    from dragontune.audio import fit_length, load_audio
-    from dragontune.dragon.subsets import subset_scorer
-    from dragontune.models.checkpoint import load_model
-    from dragontune.rewards.base import ScoringBatch
-    from dragontune.rewards.registry import RewardContext, build_reward
-
-    model = load_model(env["base"])
-    ctx = RewardContext(codec=model.codec)
-    wavs = sorted((env["corpus"] / "audio").glob("*.wav"))[:6]
-    audio = torch.stack([fit_length(load_audio(w, 16000), 16000) for w in wavs])
-    batch = ScoringBatch(audio, 16000, ["x"] * 6)
-    for spec in (FAD(env), VENDI, {"name": "kad", "encoder": "codec", "exemplars": FAD(env)["exemplars"]},
-                 {**FAD(env), "pooling": "frames"}):
-        r = build_reward(spec, ctx)
-        f = subset_scorer(r, batch)
-        idx = torch.tensor([0, 2, 3, 5])
-        sub = ScoringBatch(audio[idx], 16000, ["x"] * 4)
-        assert abs(f(idx) - r(sub).set_score) < 1e-9 * max(1.0, abs(f(idx))), spec
-        assert torch.isfinite(torch.tensor(f(torch.tensor([1])))), spec

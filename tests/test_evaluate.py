@@ -10,7 +10,7 @@ import torch
 from dragontune.errors import CheckpointError, DataError, RewardError
 from dragontune.evaluate import (
     DEFAULT_SUITE,
-    bootstrap_set_win_rate,
+    bootstrap_set_difference,
     eval_seed,
     evaluate_models,
     format_eval_table,
@@ -91,36 +91,48 @@ def test_bootstrap_deterministic_and_identical_sets():
     def fn(idx):
         return float(xa[idx].mean()), float(xb[idx].mean())
 
-    r1 = bootstrap_set_win_rate(fn, 40, n_boot=100, seed=7)
-    r2 = bootstrap_set_win_rate(fn, 40, n_boot=100, seed=7)
-    r3 = bootstrap_set_win_rate(fn, 40, n_boot=100, seed=8)
+    r1 = bootstrap_set_difference(fn, 40, n_boot=100, seed=7)
+    r2 = bootstrap_set_difference(fn, 40, n_boot=100, seed=7)
+    r3 = bootstrap_set_difference(fn, 40, n_boot=100, seed=8)
     assert r1 == r2
     assert r1 != r3
-    assert 0 <= r1["lo"] <= r1["win_rate"] <= r1["hi"] <= 1 and r1["n_boot"] == 100
+    assert 0 <= r1["boot_win_share"] <= 1 and r1["n_boot"] == 100
     assert r1["diff_lo"] <= r1["diff_mean"] <= r1["diff_hi"]
     # both sets scored on the SAME indices: identical score sets tie on every resample
-    same = bootstrap_set_win_rate(lambda idx: (float(xa[idx].std()), float(xa[idx].std())), 40, n_boot=50, seed=0)
-    assert same["win_rate"] == 0.5 and same["ties"] == 50 and same["lo"] < 0.5 < same["hi"]
+    same = bootstrap_set_difference(lambda idx: (float(xa[idx].std()), float(xa[idx].std())), 40, n_boot=50, seed=0)
+    assert same["boot_win_share"] == 0.5 and same["ties"] == 50
     assert same["diff_lo"] == same["diff_hi"] == 0.0
-    # a clearly better B wins (nearly) every resample
-    better = bootstrap_set_win_rate(lambda idx: (float(xa[idx].mean()), float(xa[idx].mean()) + 1.0), 40, n_boot=50)
-    assert better["win_rate"] == 1.0 and better["hi"] == 1.0
+    # a clearly better B wins every resample
+    better = bootstrap_set_difference(lambda idx: (float(xa[idx].mean()), float(xa[idx].mean()) + 1.0), 40, n_boot=50)
+    assert better["boot_win_share"] == 1.0 and better["diff_lo"] == pytest.approx(1.0)
     # non-finite resamples are dropped and counted
     calls = iter(range(1000))
     nanfn = lambda idx: (float("nan") if next(calls) % 2 else 0.0, 1.0)  # noqa: E731
-    r = bootstrap_set_win_rate(nanfn, 5, n_boot=10)
+    r = bootstrap_set_difference(nanfn, 5, n_boot=10)
     assert r["nan_dropped"] == 5 and r["n_boot"] == 5
 
 
-def test_bootstrap_uses_same_indices_for_both():
+def test_bootstrap_resamples_whole_prompts_for_both_models():
+    """Each resample is a multiset of prompts with every seed of each prompt; A and B see the same clips."""
     seen = []
 
     def fn(idx):
         seen.append(np.array(idx))
         return 0.0, 0.0
 
-    bootstrap_set_win_rate(fn, 9, n_boot=5, seed=3)
-    assert len(seen) == 5 and all(s.shape == (9,) and s.min() >= 0 and s.max() < 9 for s in seen)
+    bootstrap_set_difference(fn, 9, clips_per_prompt=3, n_boot=5, seed=3)
+    assert len(seen) == 5
+    for s in seen:
+        assert s.shape == (27,)
+        groups = s.reshape(9, 3)
+        assert (groups % 3 == np.arange(3)).all() and (groups // 3 == groups[:, :1] // 3).all()
+    # the interval is of the difference and covers the true difference of two shifted populations
+    g = np.random.default_rng(0)
+    xa = g.normal(size=(60, 3))
+    xb = xa + 0.5 + 0.1 * g.normal(size=(60, 3))
+    fa, fb = xa.reshape(-1), xb.reshape(-1)
+    r = bootstrap_set_difference(lambda idx: (fa[idx].mean(), fb[idx].mean()), 60, 3, n_boot=300, seed=1)
+    assert r["diff_lo"] < 0.5 < r["diff_hi"] and r["diff_lo"] > 0.4 and r["boot_win_share"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,7 +261,11 @@ def test_identical_models_win_half(tmp_path, corpus, models, monkeypatch):
     assert [r["name"] for r in res["rewards"]] == [s if isinstance(s, str) else s[0] for s in SUITE]
     for r in res["rewards"]:
         assert "error" not in r, r
-        assert r["win_rate"] == pytest.approx(0.5) and r["lo"] < 0.5 < r["hi"], r["name"]
+        assert r["win_rate"] == pytest.approx(0.5), r["name"]
+        if r["method"] == "bootstrap":  # identical sets: the difference is exactly 0 on every resample
+            assert r["diff_lo"] == r["diff_hi"] == 0.0 and r["win_rate_kind"] == "bootstrap win share"
+        else:
+            assert r["lo"] < 0.5 < r["hi"], r["name"]
         assert r["before"] == pytest.approx(r["after"]), r["name"]
     # five rewards share the codec encoder: each model's clips are embedded once (exemplar files aside)
     assert [c for c in calls if c == len(PROMPTS)] == [len(PROMPTS)] * 2
@@ -280,7 +296,10 @@ def test_different_models_and_bootstrap_determinism(tmp_path, corpus, models):
     r2 = evaluate_models(models["a"], models["b"], PROMPTS, suite, **kw)
     for x, y in zip(r1["rewards"], r2["rewards"]):
         assert x["win_rate"] == y["win_rate"] and x["lo"] == y["lo"] and x["hi"] == y["hi"]
-        assert 0 <= x["lo"] <= x["win_rate"] <= x["hi"] <= 1
+        if x["method"] == "bootstrap":
+            assert x["diff_lo"] == y["diff_lo"] and x["diff_lo"] <= x["diff_mean"] <= x["diff_hi"]
+        else:
+            assert 0 <= x["lo"] <= x["win_rate"] <= x["hi"] <= 1
     inst = r1["rewards"][0]
     assert inst["n"] == len(PROMPTS) and inst["wins"] + inst["ties"] + inst["losses"] == len(PROMPTS)
     # the instance win rate is exactly the per-prompt comparison of the stored scores

@@ -11,6 +11,8 @@ Builders (config ``dragon.builder``) and losses (``dragon.loss``)::
     reward class                 builder    loss       needs
     instance, instance_to_dist   paired     dpo        K >= 2
     instance, instance_to_dist   unpaired   kto
+    dist_to_dist                 pool       dpo        K >= 2  (pool credits feed ``paired``)
+    dist_to_dist                 pool       kto                (pool credits feed ``unpaired``)
     dist_to_dist                 loo        dpo        K >= 2  (credits feed ``paired``)
     dist_to_dist                 loo        kto                (credits feed ``unpaired``)
     dist_to_dist                 greedy     dpo | kto  K >= 2 for dpo
@@ -46,7 +48,9 @@ __all__ = [
 ]
 
 REWARD_CLASSES = ("instance", "instance_to_dist", "dist_to_dist")
-BUILDERS = ("paired", "unpaired", "loo", "greedy", "split")
+BUILDERS = ("paired", "unpaired", "pool", "loo", "greedy", "split")
+#: builders whose per-sample signal is a credit computed outside the builder (then paired / unpaired)
+CREDIT_BUILDERS = ("pool", "loo")
 LOSSES = ("dpo", "kto")
 THRESHOLDS = ("prompt_median", "batch_median", "fraction")
 
@@ -430,7 +434,7 @@ def valid_combinations() -> list[tuple[str, str, str]]:
     out = []
     for rc in ("instance", "instance_to_dist"):
         out += [(rc, "paired", "dpo"), (rc, "unpaired", "kto")]
-    for b in ("loo", "greedy", "split"):
+    for b in ("pool", "loo", "greedy", "split"):
         out += [("dist_to_dist", b, "dpo"), ("dist_to_dist", b, "kto")]
     return out
 
@@ -440,6 +444,8 @@ _OPTIONS = {
     ("unpaired", "kto"): {"threshold", "fraction"},
     ("loo", "dpo"): {"all_pairs", "margin"},
     ("loo", "kto"): {"threshold", "fraction"},
+    ("pool", "dpo"): {"all_pairs", "margin"},
+    ("pool", "kto"): {"threshold", "fraction"},
     ("greedy", "dpo"): {"size"},
     ("greedy", "kto"): {"size"},
     ("split", "dpo"): set(),
@@ -499,7 +505,7 @@ def validate_combination(
         raise ConfigError(f"builder option threshold={thr!r} is not one of {', '.join(THRESHOLDS)}")
     if "fraction" in opts and not 0 < float(opts["fraction"]) <= 0.5:
         raise ConfigError(f"builder option fraction must be in (0, 0.5], got {opts['fraction']}")
-    if thr == "prompt_median" and loss == "kto" and builder in ("unpaired", "loo") and k_per_prompt == 1:
+    if thr == "prompt_median" and loss == "kto" and builder in ("unpaired",) + CREDIT_BUILDERS and k_per_prompt == 1:
         raise ConfigError(
             "threshold=prompt_median with 1 sample per prompt labels nothing (each sample equals its "
             "prompt's median): use threshold=batch_median or fraction, or raise samples per prompt"
@@ -524,16 +530,18 @@ def build_demonstrations(
 
     ``scores``: per-sample scores (instance rewards), or for dist_to_dist rewards the per-sample
     scores of ``RewardResult`` (NaN entries mark samples excluded from greedy/split; may be None).
-    ``credit``: leave-one-out credits for ``loo`` (falls back to ``scores``, which for set rewards are
-    the credits). ``set_score(indices) -> float`` for ``greedy``/``split``; ``generator`` for ``split``.
+    ``credit``: per-sample credits for ``loo`` (leave-one-out; falls back to ``scores``, which for set rewards
+    are those credits) and ``pool`` (the change of the set reward of the pool when the sample joins it). ``set_score(indices) -> float`` for ``greedy``/``split``; ``generator`` for ``split``.
     ``options``: the builder's keyword options (see :func:`validate_combination`).
     """
     validate_combination(reward_class, builder, loss, None, options)
     g = _check_groups(groups)
-    if builder in ("paired", "unpaired", "loo"):
-        s = credit if builder == "loo" and credit is not None else scores
+    if builder in ("paired", "unpaired") + CREDIT_BUILDERS:
+        s = credit if builder in CREDIT_BUILDERS and credit is not None else scores
+        if builder == "pool" and credit is None:
+            raise ValueError("builder 'pool' needs the pool credits (credit=...)")
         if s is None:
-            raise ValueError(f"builder {builder!r} needs per-sample {'credit' if builder == 'loo' else 'scores'}")
+            raise ValueError(f"builder {builder!r} needs per-sample {'credit' if builder in CREDIT_BUILDERS else 'scores'}")
         d = paired(s, g, **options) if loss == "dpo" else unpaired(s, g, **options)
     else:
         if set_score is None:

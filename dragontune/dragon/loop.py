@@ -28,13 +28,15 @@ import torch
 from dragontune import dist
 from dragontune.config import dump_yaml
 from dragontune.dragon.builders import build_demonstrations, validate_combination
-from dragontune.dragon.losses import diffusion_dpo_loss, diffusion_kto_loss
-from dragontune.dragon.subsets import subset_scorer
+from dragontune.dragon.health import LearningMonitor
+from dragontune.dragon.losses import KTO_REFERENCES, diffusion_dpo_loss, diffusion_kto_loss
+from dragontune.dragon.pool import FeaturePool, PoolConfig
+from dragontune.dragon.recipes import resolve_recipe
 from dragontune.errors import CheckpointError, ConfigError, DataError
 from dragontune.generate import SamplerConfig, generate_latents
 from dragontune.models.checkpoint import load_model, load_state_strict, save_model
 from dragontune.models.edm import P_MEAN, P_STD, denoising_loss, sample_sigma
-from dragontune.rewards.base import ScoringBatch
+from dragontune.rewards.base import Features, ScoringBatch, nanmean
 from dragontune.data.corpus import DataConfig, ensure_corpus
 from dragontune.optim import OptimConfig, flatten_optimizer, unflatten_optimizer
 from dragontune.utils import (
@@ -73,12 +75,14 @@ class DragonConfig:
     p_reference: float = 0.1           # probability that a demonstration comes from the frozen reference
     updates_per_round: int = 4         # optimiser steps per round (M)
     batch_per_update: int = 16         # pairs (DPO) or labelled samples (KTO) per optimiser step, all processes
-    loss: str = "dpo"                  # dpo | kto
-    builder: str = "paired"            # paired | unpaired | loo | greedy | split
+    loss: str = "auto"                 # dpo | kto | auto (the recipe of the reward's class, dragon/recipes.py)
+    builder: str = "auto"              # paired | unpaired | pool | loo | greedy | split | auto
     builder_options: dict = dataclasses.field(default_factory=dict)
+    pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)   # credit pool of builder=pool
     beta: float = 5000.0
     kto_w_desirable: float = 1.0
     kto_w_undesirable: float = 1.0
+    kto_reference: str = "clamped_mean"   # clamped_mean (Diffusion-KTO: z = max(0, mean g)) | mean
     cond_dropout: float = 0.1          # kept on during DRAGON training, as in the paper
     p_mean: float = P_MEAN
     p_std: float = P_STD
@@ -143,17 +147,19 @@ def round_prompts(pool: list[str], seed: int, rnd: int, n: int) -> list[str]:
 # checkpoints
 
 
-def _save_checkpoint(out: Path, rnd: int, policy, opt) -> None:
+def _save_checkpoint(out: Path, rnd: int, policy, opt, credit_pool: FeaturePool | None = None) -> None:
     d = out / "checkpoints"
     save_model(d / f"round-{rnd:05d}.safetensors", policy.net, policy.spec)
     tensors, ometa = flatten_optimizer(opt)
+    if credit_pool is not None:  # the credit pool is training state: a resumed run must see the same pool
+        tensors = {**tensors, **credit_pool.state_tensors()}
     save_safetensors_atomic(tensors, d / f"round-{rnd:05d}.state.safetensors",
                             {"state": json.dumps({"round": rnd, "optim": ometa}, default=str)})
     atomic_write_json(d / "latest.json", {"round": rnd, "model": f"round-{rnd:05d}.safetensors",
                                           "state": f"round-{rnd:05d}.state.safetensors"})
 
 
-def _load_checkpoint(out: Path, policy, opt) -> int:
+def _load_checkpoint(out: Path, policy, opt, credit_pool: FeaturePool | None = None) -> int:
     from dragontune.models.checkpoint import read_model_file
     latest = out / "checkpoints" / "latest.json"
     if not latest.is_file():
@@ -162,6 +168,9 @@ def _load_checkpoint(out: Path, policy, opt) -> int:
     state, _ = read_model_file(out / "checkpoints" / info["model"])
     load_state_strict(policy.net, state, info["model"])
     tensors, meta = load_safetensors(out / "checkpoints" / info["state"])
+    if credit_pool is not None:
+        credit_pool.load_state_tensors(tensors, str(out / "checkpoints" / info["state"]))
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("pool.")}
     opt.load_state_dict(unflatten_optimizer(tensors, json.loads(meta["state"])["optim"]))
     return int(info["round"])
 
@@ -193,21 +202,32 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         raise ConfigError(f"p_reference={cfg.p_reference} must be in [0, 1]")
     if cfg.batch_per_update < W:
         raise ConfigError(f"batch_per_update={cfg.batch_per_update} is smaller than the {W} processes")
+    if cfg.kto_reference not in KTO_REFERENCES:
+        raise ConfigError(f"kto_reference={cfg.kto_reference!r} must be one of {', '.join(KTO_REFERENCES)}")
+    cfg.pool.check()
     policy = load_model(cfg.baseline or None, device=device)
     reference = policy.copy_frozen()
     ensure_corpus(cfg.data)
     ctx = RewardContext(codec=policy.codec, device=device)
     reward = build_reward(cfg.reward, ctx)
     watch = [build_reward(w, ctx) for w in cfg.watch]
-    validate_combination(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options)
-    pool = load_prompt_pool(cfg.prompts, cfg.data)
+    recipe = resolve_recipe(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options)
+    builder, loss_name, builder_options = recipe.builder, recipe.loss, recipe.options
+    validate_combination(reward.reward_class, builder, loss_name, K, builder_options)
+    if recipe.chosen:
+        log.info("recipe for a %s reward: %s", reward.reward_class, recipe.describe())
+    pool_prompts = load_prompt_pool(cfg.prompts, cfg.data)
     eval_pool = load_prompt_pool(cfg.eval_prompts, cfg.data)[: cfg.eval_n_prompts] if cfg.eval_n_prompts > 0 else []
+    credit_pool = FeaturePool(cfg.pool.size) if builder == "pool" else None
+    feat_dim = int(getattr(getattr(reward, "encoder", None), "dim", 0) or 0)
+    if credit_pool is not None and feat_dim:
+        cfg.pool.check_budget(8.0 * feat_dim, f"{feat_dim}-d clip vectors")  # before any generation
     opt = torch.optim.Adam(policy.net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                            weight_decay=cfg.optim.weight_decay)
     ref_hash = sha256_tensors(reference.net.state_dict())
     start = 0
     if resume:
-        start = _load_checkpoint(out, policy, opt)
+        start = _load_checkpoint(out, policy, opt, credit_pool)
         log.info("resumed after round %d", start)
     if dist.is_main():
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
@@ -216,12 +236,34 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
              "samples_per_process": math.ceil(N / W), "updates_per_round": cfg.updates_per_round,
              "batch_per_update": cfg.batch_per_update, "batch_per_process": cfg.batch_per_update // W,
              "demo_steps": cfg.sampler.steps, "eval_steps": cfg.eval_sampler.steps,
-             "reward": reward.name, "reward_class": reward.reward_class, "builder": cfg.builder, "loss": cfg.loss}
+             "reward": reward.name, "reward_class": reward.reward_class, "builder": builder, "loss": loss_name,
+             "builder_options": builder_options, "recipe": recipe.describe() if recipe.chosen else "explicit",
+             "pool_size": cfg.pool.size if credit_pool is not None else 0,
+             "scores_latents": reward.scores_latents_of(policy.codec.id)}
     if cfg.batch_per_update % W:
         raise ConfigError(f"batch_per_update={cfg.batch_per_update} must be divisible by the {W} processes")
     log.info("DRAGON batch arithmetic: %s", json.dumps(arith))
     if dist.is_main():
         atomic_write_json(out / "batch_arithmetic.json", arith)
+
+    def generate(prompts: list[str], seeds: list[int], from_ref: torch.Tensor) -> torch.Tensor:
+        """This rank's stripe from the policy or the reference per sample, then the full set on every rank."""
+        n = len(prompts)
+        owners = torch.arange(n) % W
+        mine = (owners == R).nonzero().flatten()
+        lat_mine = torch.zeros((len(mine),) + policy.latent_shape)
+        for src, model in ((False, policy), (True, reference)):
+            sel = [i for i, j in enumerate(mine.tolist()) if bool(from_ref[j]) == src]
+            if sel:
+                js = [int(mine[i]) for i in sel]
+                lat_mine[sel] = generate_latents(model, [prompts[j] for j in js], [seeds[j] for j in js],
+                                                 cfg.sampler, autocast_bf16=use_bf16)
+        return dist.gather_rows(lat_mine.to(device), owners).cpu()
+
+    def latent_batch(latents: torch.Tensor, prompts: list[str]) -> ScoringBatch:
+        # audio is decoded on first use only: rewards in the codec's own space score the latents directly
+        return ScoringBatch(None, policy.sample_rate, prompts, latents=latents, codec=policy.codec,
+                            decode=lambda z: policy.decode(z.to(device)).cpu())
 
     def evaluate(model) -> dict:
         if not eval_pool:  # eval_n_prompts: 0 turns the in-loop evaluation off
@@ -240,39 +282,52 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         mf.write(json.dumps(rec) + "\n")
         mf.flush()
         log.info("round 0 (baseline) %s", _fmt(rec))
+    if credit_pool is not None and start == 0 and cfg.pool.warmup_clips > 0:
+        # fill the pool with the frozen reference's generations before round 1 (round-0 statistics at full size)
+        t0 = time.time()
+        n_w = cfg.pool.warmup_clips
+        g = gen_for(cfg.seed, "pool-warmup")
+        w_prompts = [pool_prompts[int(i)] for i in torch.randint(len(pool_prompts), (n_w,), generator=g)]
+        w_seeds = [derived_seed(cfg.seed, "pool-warmup", j) for j in range(n_w)]
+        w_lat = generate(w_prompts, w_seeds, torch.ones(n_w, dtype=torch.bool))
+        w_feats = reward.features(latent_batch(w_lat, w_prompts))
+        cfg.pool.check_budget(w_feats.nbytes() / max(1, w_feats.n), "these features")
+        credit_pool.push(w_feats)
+        log.info("credit pool: %d reference generations in %.1f s", len(credit_pool), time.time() - t0)
+    monitor = LearningMonitor(loss_name)
     skipped = 0
     bar = tqdm(total=cfg.rounds, initial=start, desc="dragon", dynamic_ncols=True, disable=None if dist.is_main() else True)
     for rnd in range(start + 1, cfg.rounds + 1):
         t0 = time.time()
         # ---- 1. prompts, seeds, sources (identical on every rank)
-        prompts = [p for p in round_prompts(pool, cfg.seed, rnd, P) for _ in range(K)]
+        prompts = [p for p in round_prompts(pool_prompts, cfg.seed, rnd, P) for _ in range(K)]
         groups = torch.arange(P).repeat_interleave(K)
         seeds = [derived_seed(cfg.seed, "sample", rnd, j) for j in range(N)]
         from_ref = torch.rand(N, generator=gen_for(cfg.seed, "source", rnd)) < cfg.p_reference
-        owners = torch.arange(N) % W
-        mine = (owners == R).nonzero().flatten()
         # ---- 2. generate this rank's stripe, then gather the full set
-        lat_mine = torch.zeros((len(mine),) + policy.latent_shape)
-        for src, model in ((False, policy), (True, reference)):
-            sel = [i for i, j in enumerate(mine.tolist()) if bool(from_ref[j]) == src]
-            if sel:
-                js = [int(mine[i]) for i in sel]
-                lat_mine[sel] = generate_latents(model, [prompts[j] for j in js], [seeds[j] for j in js],
-                                                 cfg.sampler, autocast_bf16=use_bf16)
-        latents = dist.gather_rows(lat_mine.to(device), owners).cpu()
+        latents = generate(prompts, seeds, from_ref)
         t1 = time.time()
-        # ---- 3. score (every rank scores the full set: set rewards see all generations)
-        audio = policy.decode(latents.to(device)).cpu()
-        batch = ScoringBatch(audio, policy.sample_rate, prompts)
-        result = reward(batch)
+        # ---- 3. score: the batch is embedded once (every rank scores the full set: set rewards see all generations)
+        batch = latent_batch(latents, prompts)
+        feats = reward.features(batch)
+        result = reward.score(feats)
         scores = result.scores.double()
         pol_mask = ~from_ref
-        rec = {"round": rnd, "reward": _nanmean(scores[pol_mask]) if result.set_score is None else None}
+        rec = {"round": rnd, "reward": _f(nanmean(scores[pol_mask])) if result.set_score is None else None}
         if result.set_score is not None:
             rec["set_reward"] = float(result.set_score)
+        credit = result.credit
+        if credit_pool is not None:
+            tc = time.time()
+            credit = credit_pool.credit(reward, feats)
+            rec["pool/size"] = len(credit_pool)
+            rec["pool/set_reward"] = reward.set_value(credit_pool.features)
+            rec["time/credit"] = time.time() - tc
+            credit_pool.push(feats)
+        pol_idx = pol_mask.nonzero().flatten()
         for w in watch:
-            rec[f"watch/{w.name}"] = w.set_score(ScoringBatch(audio[pol_mask], policy.sample_rate,
-                                                              [p for p, m in zip(prompts, pol_mask) if m]))
+            rec[f"watch/{w.name}"] = w.set_score(batch.subset(pol_idx))
+        rec["decoded"] = batch.n_decoded > 0
         n_nan = int(torch.isnan(scores).sum())
         rec["n_nan_dropped"] = n_nan
         t2 = time.time()
@@ -283,10 +338,12 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
             log.warning("round %d: the reward returned NaN for all %d samples; round skipped (%d so far)",
                         rnd, N, skipped)
         else:
-            set_score = subset_scorer(reward, batch) if cfg.builder in ("greedy", "split") else None
-            demos = build_demonstrations(reward.reward_class, cfg.builder, cfg.loss, scores, groups,
-                                         credit=result.credit, set_score=set_score,
-                                         generator=gen_for(cfg.seed, "split", rnd), **cfg.builder_options)
+            set_score = None
+            if builder in ("greedy", "split"):
+                set_score = lambda idx: reward.set_value(feats.subset(idx))  # noqa: E731
+            demos = build_demonstrations(reward.reward_class, builder, loss_name, scores, groups,
+                                         credit=credit, set_score=set_score,
+                                         generator=gen_for(cfg.seed, "split", rnd), **builder_options)
             if demos.is_empty():
                 skipped += 1
                 log.warning("round %d: no demonstrations (all ties?); round skipped (%d so far)", rnd, skipped)
@@ -296,13 +353,14 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         rec["skipped_rounds"] = skipped
         # ---- 5. train
         if demos is not None:
-            stats = _train_round(cfg, policy, reference, opt, demos, latents, prompts, rnd, use_bf16)
+            stats = _train_round(cfg, loss_name, policy, reference, opt, demos, latents, prompts, rnd, use_bf16)
             rec.update(stats)
             rec.update({f"demo/{k}": v for k, v in demos.info.items() if isinstance(v, (int, float))})
+            rec.update(monitor.update(rnd, stats))
         t3 = time.time()
         rec.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2})
         if dist.is_main() and cfg.write_demos:
-            _write_demos(out, rnd, prompts, seeds, from_ref, cfg.sampler.steps, scores, result, demos, latents)
+            _write_demos(out, rnd, prompts, seeds, from_ref, cfg.sampler.steps, scores, credit, demos, latents)
         # ---- 6. evaluate, log, checkpoint
         if (cfg.eval_every > 0 and rnd % cfg.eval_every == 0) or rnd == cfg.rounds:
             rec.update(evaluate(policy))
@@ -316,7 +374,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         bar.update(1)
         if (cfg.ckpt_every > 0 and rnd % cfg.ckpt_every == 0) or rnd == cfg.rounds:
             if dist.is_main():
-                _save_checkpoint(out, rnd, policy, opt)
+                _save_checkpoint(out, rnd, policy, opt, credit_pool)
             dist.barrier()
         if stop_after_round is not None and rnd >= stop_after_round:
             break
@@ -336,7 +394,7 @@ def _fault_point(rnd: int, where: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _train_round(cfg, policy, reference, opt, demos, latents, prompts, rnd, use_bf16) -> dict:
+def _train_round(cfg, loss_name, policy, reference, opt, demos, latents, prompts, rnd, use_bf16) -> dict:
     """M optimiser steps on this round's demonstrations; returns averaged statistics."""
     R, W = dist.rank(), dist.world()
     device = policy.device
@@ -378,14 +436,17 @@ def _train_round(cfg, policy, reference, opt, demos, latents, prompts, rnd, use_
             loss, st = diffusion_dpo_loss(err_pol[:h], err_pol[h:], err_ref[:h], err_ref[h:], beta=cfg.beta)
         else:
             loss, st = diffusion_kto_loss(err_pol, err_ref, chunk[:, 1].bool().to(device), beta=cfg.beta,
-                                          w_desirable=cfg.kto_w_desirable, w_undesirable=cfg.kto_w_undesirable)
+                                          w_desirable=cfg.kto_w_desirable, w_undesirable=cfg.kto_w_undesirable,
+                                          reference=cfg.kto_reference)
         step = (rnd - 1) * cfg.updates_per_round + m + 1
         for grp in opt.param_groups:
             grp["lr"] = cfg.optim.lr * min(1.0, step / max(1, cfg.optim.warmup_steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         dist.average_gradients(policy.net.parameters())
-        gn = torch.nn.utils.clip_grad_norm_(policy.net.parameters(), cfg.optim.grad_clip)
+        # the norm before clipping is what is logged; grad_clip <= 0 means no clipping
+        gn = torch.nn.utils.clip_grad_norm_(policy.net.parameters(),
+                                            cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
         opt.step()
         if m == 0:
             _fault_point(rnd, "train")
@@ -398,7 +459,7 @@ def _train_round(cfg, policy, reference, opt, demos, latents, prompts, rnd, use_
     return {f"train/{k}": sum(v) / len(v) for k, v in acc.items()}
 
 
-def _write_demos(out: Path, rnd, prompts, seeds, from_ref, steps, scores, result, demos, latents) -> None:
+def _write_demos(out: Path, rnd, prompts, seeds, from_ref, steps, scores, credit, demos, latents) -> None:
     d = out / "demos"
     label = torch.zeros(len(prompts), dtype=torch.int64)
     pair_of = [None] * len(prompts)
@@ -413,7 +474,7 @@ def _write_demos(out: Path, rnd, prompts, seeds, from_ref, steps, scores, result
         rows.append({
             "index": j, "prompt": prompts[j], "seed": seeds[j],
             "source": "reference" if bool(from_ref[j]) else "policy", "steps": steps,
-            "reward": _f(scores[j]), "credit": _f(result.credit[j]) if result.credit is not None else None,
+            "reward": _f(scores[j]), "credit": _f(credit[j]) if credit is not None else None,
             "label": int(label[j]), "pair": pair_of[j],
         })
     save_safetensors_atomic({"latents": latents}, d / f"round-{rnd:04d}.safetensors",
@@ -428,11 +489,6 @@ def _truncate_metrics(path: Path, keep_round: int) -> None:
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     kept = [ln for ln in lines if json.loads(ln).get("round", 0) <= keep_round]
     atomic_write_text(path, "".join(ln + "\n" for ln in kept))
-
-
-def _nanmean(x: torch.Tensor) -> float | None:
-    x = x[torch.isfinite(x)]
-    return float(x.mean()) if x.numel() else None
 
 
 def _f(v) -> float | None:

@@ -17,6 +17,8 @@ Precision: half and bfloat16 inputs are promoted to float32 before multiplying b
 float64 stay as they are. The returned loss has the promoted dtype.
 
 Stats are plain Python floats/ints, detached, for ``metrics.jsonl``; means over an empty group are NaN.
+``saturated`` is the share of terms whose sigmoid has gone flat (|beta x| > ``SATURATION`` in the direction
+where the gradient vanishes): a loss whose terms are all saturated has stopped learning.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["diffusion_dpo_loss", "diffusion_kto_loss"]
+__all__ = ["diffusion_dpo_loss", "diffusion_kto_loss", "SATURATION", "KTO_REFERENCES"]
+
+#: |beta * x| beyond which a sigmoid term counts as saturated: its slope is below 0.7 % of the maximum
+SATURATION = 5.0
+#: how the KTO reference point z is formed from the batch mean of the implicit reward
+KTO_REFERENCES = ("clamped_mean", "mean")
 
 
 def _check(name: str, t: torch.Tensor, *, ref: bool) -> None:
@@ -65,7 +72,8 @@ def diffusion_dpo_loss(
 
     Stats: ``implicit_acc`` (share of pairs with ``A_w < A_l``, ties count 0.5), ``A_pos`` (mean
     A_w), ``A_neg`` (mean A_l), ``margin`` (mean ``A_l - A_w``, positive when the policy already prefers
-    the winners), ``loss``, ``n_pairs``.
+    the winners), ``saturated`` (share of pairs with ``beta (A_l - A_w) > SATURATION``: already so well
+    ordered that they give no gradient), ``loss``, ``n_pairs``.
     """
     _check("err_pol_w", err_pol_w, ref=False)
     _check("err_pol_l", err_pol_l, ref=False)
@@ -92,6 +100,7 @@ def diffusion_dpo_loss(
             "A_pos": _mean(dw),
             "A_neg": _mean(dl),
             "margin": _mean(dl - dw),
+            "saturated": _mean((beta * (dl - dw) > SATURATION).double()),
             "n_pairs": int(n),
         }
     return loss, stats
@@ -115,11 +124,15 @@ def diffusion_kto_loss(
     w_desirable: float = 1.0,
     w_undesirable: float = 1.0,
     reduce_reference: bool = True,
+    reference: str = "clamped_mean",
 ) -> tuple[torch.Tensor, dict]:
     """Diffusion-KTO over N labelled samples (pass only D+ and D−, not unused samples).
 
     Implicit reward ``g = -(err_pol - err_ref)``. Reference point ``z = max(0, mean(g))``, detached
-    (no gradient flows through z). When ``torch.distributed`` is initialised and ``reduce_reference``,
+    (no gradient flows through z): ``reference="clamped_mean"``, as Diffusion-KTO's reference implementation
+    and KTO (whose z estimates a KL divergence, >= 0). ``reference="mean"`` drops the clamp: z is the plain
+    batch mean, so the terms stay centred when the policy drifts away from the reference on *every* sample
+    (mean g < 0), where the clamp at 0 pushes all of them into saturation at once. When ``torch.distributed`` is initialised and ``reduce_reference``,
     the mean is global: the sum of g and the count are all-reduced (a collective: every rank must
     call this, also a rank with N = 0). Per-sample terms::
 
@@ -133,8 +146,9 @@ def diffusion_kto_loss(
     a loss of exactly 0.
 
     Stats: ``implicit_acc`` (desirable with g > z, undesirable with g < z; ties count 0.5), ``g_pos``,
-    ``g_neg``, ``A_pos``, ``A_neg`` (means over D+ / D−), ``z``, ``z_raw`` (before clamping),
-    ``n_pos``, ``n_neg``, ``loss``.
+    ``g_neg``, ``A_pos``, ``A_neg`` (means over D+ / D−), ``margin`` (``g_pos - g_neg``), ``z``, ``z_raw``
+    (before clamping), ``saturated`` (share of samples with ``|beta (g - z)| > SATURATION``: the sigmoid is
+    flat on either side), ``n_pos``, ``n_neg``, ``loss``.
     """
     _check("err_pol", err_pol, ref=False)
     _check("err_ref", err_ref, ref=True)
@@ -150,12 +164,14 @@ def diffusion_kto_loss(
         raise ValueError(f"beta must be > 0, got {beta}")
     if w_desirable < 0 or w_undesirable < 0:
         raise ValueError(f"KTO weights must be >= 0, got w_desirable={w_desirable}, w_undesirable={w_undesirable}")
+    if reference not in KTO_REFERENCES:
+        raise ValueError(f"KTO reference={reference!r} must be one of {', '.join(KTO_REFERENCES)}")
 
     g = -(_promote(err_pol) - _promote(err_ref))
     desirable = desirable.to(g.device)
     s, c = _global_sum_count(g, reduce_reference)
     z_raw = s / c if c > 0 else float("nan")
-    z = max(0.0, z_raw) if c > 0 else 0.0
+    z = (max(0.0, z_raw) if reference == "clamped_mean" else z_raw) if c > 0 else 0.0
     x = beta * (g - z)  # z is a Python float: no gradient through it
     per_sample = torch.where(
         desirable,
@@ -179,6 +195,8 @@ def diffusion_kto_loss(
             "g_neg": _mean(neg),
             "A_pos": _mean(-pos),
             "A_neg": _mean(-neg),
+            "margin": _mean(pos) - _mean(neg),
+            "saturated": _mean((beta * (gd - z)).abs().gt(SATURATION).double()),
             "z": float(z),
             "z_raw": float(z_raw),
             "n_pos": int(desirable.sum()),

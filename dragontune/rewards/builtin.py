@@ -22,20 +22,27 @@ import torch
 from dragontune.audio import validate_audio
 from dragontune.encoders.base import Encoder
 from dragontune.errors import AudioError, EncoderError, RewardError
+from dragontune.encoders.codec import CodecEncoder
 from dragontune.metrics import (
     GaussianStats,
+    LeaveOneOut,
     MetricError,
     centroid_similarity,
     fad_from_embeddings,
+    fad_join,
     fad_leave_one_out,
     frechet_distance,
     gaussian_stats,
+    kad,
+    kad_join,
     kad_leave_one_out,
     median_bandwidth,
     per_song_fad,
+    vendi_join,
     vendi_leave_one_out,
+    vendi_score,
 )
-from dragontune.rewards.base import Reward, RewardResult, ScoringBatch
+from dragontune.rewards.base import Features, Reward, RewardResult, ScoringBatch, nanmean
 from dragontune.rewards.exemplars import ExemplarStats
 from dragontune.utils import log
 
@@ -43,9 +50,14 @@ SILENT_PEAK = 1e-6
 
 
 class EmbeddingReward(Reward):
-    """Common part: validate the batch, embed it, check embeddings against the exemplar statistics."""
+    """Common part: validate the batch, embed it once, check embeddings against the exemplar statistics.
+
+    Features are the clips' frames and clip vectors (float64, on ``self.device``); subclasses score them.
+    """
 
     needs_exemplars = True
+    #: what score() reads: "clips" (clip vectors) or "frames" (every clip's frames)
+    uses = "clips"
 
     def __init__(self, encoder: Encoder, exemplars: ExemplarStats | None = None, device: str | torch.device = "cpu"):
         if self.needs_exemplars and exemplars is None:
@@ -65,19 +77,18 @@ class EmbeddingReward(Reward):
             f"(id {ex.encoder_id}) and have dimension {ex.dim}; rebuild the exemplar set with the same encoder"
         )
 
-    def __call__(self, batch: ScoringBatch) -> RewardResult:
-        return self.score(batch, self.embed(batch))
+    def scores_latents_of(self, codec_id: str) -> bool:
+        return isinstance(self.encoder, CodecEncoder) and self.encoder.codec.id == codec_id
 
-    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
-        """Score a batch whose frames (from :meth:`embed`) are already computed."""
-        raise NotImplementedError
+    def features(self, batch: ScoringBatch) -> Features:
+        frames = self.embed(batch)
+        return Features(n=len(frames), clips=torch.stack([f.mean(0) for f in frames]) if frames else None,
+                        frames=frames if self.uses == "frames" else None, prompts=list(batch.prompts))
 
-    def embed(self, batch: ScoringBatch, raw: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Frames ``[n_b, d]`` (float64, on ``self.device``) for each clip, checked against the exemplars.
-        ``raw``: the encoder's output for this batch if already computed (:meth:`encode`)."""
-        frames = self.encode(batch) if raw is None else raw
+    def embed(self, batch: ScoringBatch) -> list[torch.Tensor]:
+        """Frames ``[n_b, d]`` (float64, on ``self.device``) for each clip, checked against the exemplars."""
         out = []
-        for i, f in enumerate(frames):
+        for i, f in enumerate(self.encode(batch)):
             f = f.detach().to(device=self.device, dtype=torch.float64)
             if f.dim() != 2:
                 raise EncoderError(f"encoder {self.encoder.name!r} returned shape {tuple(f.shape)} for clip {i}")
@@ -92,7 +103,19 @@ class EmbeddingReward(Reward):
         return out
 
     def encode(self, batch: ScoringBatch) -> list[torch.Tensor]:
-        """Validate the audio and run the encoder: one ``[frames, dim]`` tensor per clip."""
+        """The encoder's output for the batch, one ``[frames, dim]`` tensor per clip; computed once per batch and
+        encoder (kept in ``batch.embeddings``). Latents of the encoder's own codec are pooled without decoding."""
+        key = self.encoder.id
+        if key in batch.embeddings:
+            return batch.embeddings[key]
+        if batch.latents is not None and self.scores_latents_of(batch.codec.id):
+            frames = self.encoder.embed_latent(batch.latents)
+        else:
+            frames = self._encode_audio(batch)
+        batch.embeddings[key] = list(frames)
+        return batch.embeddings[key]
+
+    def _encode_audio(self, batch: ScoringBatch) -> list[torch.Tensor]:
         audio = batch.audio
         if audio.dim() != 3:
             raise AudioError(f"reward {self.name!r} expects audio [N, C, T]; got shape {tuple(audio.shape)}")
@@ -111,9 +134,6 @@ class EmbeddingReward(Reward):
             raise EncoderError(f"encoder {self.encoder.name!r} returned {len(frames)} clips for {audio.shape[0]}")
         return list(frames)
 
-    def clip_vectors(self, frames: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack([f.mean(0) for f in frames])
-
 
 class PerSongFADReward(EmbeddingReward):
     """instance_to_dist: ``-FAD(frames of clip i, exemplar frame Gaussian)``."""
@@ -121,19 +141,24 @@ class PerSongFADReward(EmbeddingReward):
     name = "per_song_fad"
     reward_class = "instance_to_dist"
     higher_is_better = False
+    uses = "frames"
 
-    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
-        for i, f in enumerate(frames):
+    def features(self, batch: ScoringBatch) -> Features:
+        feats = super().features(batch)
+        for i, f in enumerate(feats.frames):
             if f.shape[0] < 2:
-                t = batch.audio.shape[-1]
+                t = batch.audio.shape[-1] if batch.has_audio else None
+                length = f"({t} samples = {t / batch.sample_rate:.3f} s at {batch.sample_rate} Hz) " if t else ""
                 raise RewardError(
-                    f"per-song FAD: clip {i} ({t} samples = {t / batch.sample_rate:.3f} s at {batch.sample_rate} Hz) "
-                    f"gives {f.shape[0]} frame(s) with encoder {self.encoder.name!r}; a Gaussian needs at least 2. "
-                    f"The encoder's minimum clip is {self.encoder.min_samples} samples "
+                    f"per-song FAD: clip {i} {length}gives {f.shape[0]} frame(s) with encoder {self.encoder.name!r}; "
+                    f"a Gaussian needs at least 2. The encoder's minimum clip is {self.encoder.min_samples} samples "
                     f"({self.encoder.min_samples / self.encoder.sample_rate:.3f} s) for one frame: use longer clips"
                 )
-        assert self.exemplars is not None
-        d = per_song_fad(frames, self.exemplars.frames, name="generated clip")
+        return feats
+
+    def score(self, feats: Features) -> RewardResult:
+        assert self.exemplars is not None and feats.frames is not None
+        d = per_song_fad(feats.frames, self.exemplars.frames, name="generated clip")
         return RewardResult(scores=-d.cpu(), name=self.name)
 
 
@@ -144,27 +169,53 @@ class CentroidReward(EmbeddingReward):
     reward_class = "instance_to_dist"
     higher_is_better = True
 
-    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
+    def score(self, feats: Features) -> RewardResult:
         assert self.exemplars is not None
-        x = self.clip_vectors(frames)
         try:
-            s = centroid_similarity(x, self.exemplars.centroid)
+            s = centroid_similarity(feats.clips, self.exemplars.centroid)
         except MetricError as e:
             raise RewardError(f"reward {self.name!r}: {e}".replace("embeddings: sample", "generated clip")) from None
         return RewardResult(scores=s.cpu(), name=self.name)
 
 
 class _SetReward(EmbeddingReward):
+    """A metric of the whole set. ``set_value`` scores any non-empty subset; a single clip is a point mass
+    (FAD: zero covariance, exact; KAD: the within-set term of one sample is k(x, x) = 1; Vendi: 1)."""
+
     reward_class = "dist_to_dist"
+    #: fewest clips for leave-one-out credit
+    min_loo = 3
 
-    def _result(self, full: torch.Tensor, minus: torch.Tensor) -> RewardResult:
-        sign = 1.0 if self.higher_is_better else -1.0
-        credit = (sign * (full - minus)).cpu()
-        return RewardResult(scores=credit, set_score=float(sign * full), credit=credit, name=self.name)
+    def _sign(self) -> float:
+        return 1.0 if self.higher_is_better else -1.0
 
-    def _need(self, n: int, k: int) -> None:
-        if n < k:
-            raise RewardError(f"set reward {self.name!r} needs at least {k} clips per batch for leave-one-out credit; got {n}")
+    def score(self, feats: Features) -> RewardResult:
+        if feats.n < self.min_loo:
+            raise RewardError(f"set reward {self.name!r} needs at least {self.min_loo} clips per batch for "
+                              f"leave-one-out credit; got {feats.n}")
+        loo = self._loo(feats)
+        credit = (self._sign() * (loo.full - loo.minus)).cpu()
+        return RewardResult(scores=credit, set_score=float(self._sign() * loo.full), credit=credit, name=self.name)
+
+    def set_value(self, feats: Features) -> float:
+        if feats.n < 1:
+            raise RewardError(f"set reward {self.name!r}: cannot score an empty set")
+        return self._sign() * float(self._metric(feats))
+
+    def pool_credit(self, pool: Features, candidates: Features) -> torch.Tensor:
+        if pool.n < 2:
+            raise RewardError(f"set reward {self.name!r}: pool credit needs a pool of at least 2 clips; got {pool.n}")
+        return (self._sign() * (self._joined(pool, candidates) - self._metric(pool))).cpu()
+
+    def _loo(self, feats: Features):
+        raise NotImplementedError
+
+    def _metric(self, feats: Features) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _joined(self, pool: Features, candidates: Features) -> torch.Tensor:
+        """Metric of ``pool + {candidate i}`` for every candidate (exact, from the pool's statistics)."""
+        raise NotImplementedError
 
 
 class FADReward(_SetReward):
@@ -178,15 +229,36 @@ class FADReward(_SetReward):
         if pooling not in ("clip", "frames"):
             raise RewardError(f"fad pooling must be 'clip' or 'frames'; got {pooling!r}")
         self.pooling = pooling
+        self.uses = "frames" if pooling == "frames" else "clips"
         super().__init__(encoder, exemplars, device)
 
-    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
+    @property
+    def _ref(self) -> GaussianStats:
         assert self.exemplars is not None
-        self._need(len(frames), 3)
+        return self.exemplars.frames if self.pooling == "frames" else self.exemplars.clips
+
+    def _rows(self, feats: Features) -> torch.Tensor:
+        return torch.cat(feats.frames) if self.pooling == "frames" else feats.clips
+
+    def _loo(self, feats: Features):
         if self.pooling == "clip":
-            loo = fad_leave_one_out(self.clip_vectors(frames), self.exemplars.clips, name="generated clip vectors")
-            return self._result(loo.full, loo.minus)
-        return self._result(*_frames_fad_loo(frames, self.exemplars.frames))
+            return fad_leave_one_out(feats.clips, self._ref, name="generated clip vectors")
+        return LeaveOneOut(*_frames_fad_loo(feats.frames, self._ref))
+
+    def _metric(self, feats: Features) -> torch.Tensor:
+        pts = self._rows(feats)
+        if pts.shape[0] >= 2:
+            return fad_from_embeddings(pts, self._ref, name="generated clip vectors")
+        mu = pts[0]
+        zero = torch.zeros(mu.numel(), mu.numel(), dtype=mu.dtype, device=mu.device)
+        return frechet_distance(mu, zero, self._ref.mu, self._ref.cov, sqrt_cov2=self._ref.sqrt())
+
+    def _joined(self, pool: Features, candidates: Features) -> torch.Tensor:
+        if self.pooling == "frames":
+            adds = [gaussian_stats(f) for f in candidates.frames]
+        else:
+            adds = candidates.clips
+        return fad_join(gaussian_stats(self._rows(pool)), adds, self._ref)
 
 
 def _frames_fad_loo(frames: list[torch.Tensor], ref: GaussianStats) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,12 +301,14 @@ class KADReward(_SetReward):
             bandwidth if bandwidth is not None else median_bandwidth(self.exemplars.sample), dtype=torch.float64
         ).to(self.device)
 
-    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
-        assert self.exemplars is not None
-        x = self.clip_vectors(frames)
-        self._need(x.shape[0], 3)
-        loo = kad_leave_one_out(x, self.exemplars.sample, bandwidth=self.bandwidth)
-        return self._result(loo.full, loo.minus)
+    def _loo(self, feats: Features):
+        return kad_leave_one_out(feats.clips, self.exemplars.sample, bandwidth=self.bandwidth)
+
+    def _metric(self, feats: Features) -> torch.Tensor:
+        return kad(feats.clips, self.exemplars.sample, bandwidth=self.bandwidth, single_ok=True)
+
+    def _joined(self, pool: Features, candidates: Features) -> torch.Tensor:
+        return kad_join(pool.clips, candidates.clips, self.exemplars.sample, bandwidth=self.bandwidth)
 
 
 class VendiReward(_SetReward):
@@ -243,6 +317,7 @@ class VendiReward(_SetReward):
     name = "vendi"
     higher_is_better = True
     needs_exemplars = False
+    min_loo = 2
 
     def __init__(self, encoder: Encoder, exemplars: ExemplarStats | None = None,
                  device: str | torch.device = "cpu", q: float = 1.0):
@@ -253,14 +328,20 @@ class VendiReward(_SetReward):
         self.q = float(q)
         super().__init__(encoder, None, device)
 
-    def score(self, batch: ScoringBatch, frames: list[torch.Tensor]) -> RewardResult:
-        x = self.clip_vectors(frames)
-        self._need(x.shape[0], 2)
+    def _wrap(self, fn, *a):
         try:
-            loo = vendi_leave_one_out(x, q=self.q)
+            return fn(*a)
         except MetricError as e:
             raise RewardError(f"reward 'vendi': {e}".replace("embeddings: sample", "generated clip")) from None
-        return self._result(loo.full, loo.minus)
+
+    def _loo(self, feats: Features):
+        return self._wrap(vendi_leave_one_out, feats.clips, self.q)
+
+    def _metric(self, feats: Features) -> torch.Tensor:
+        return self._wrap(vendi_score, feats.clips, self.q)
+
+    def _joined(self, pool: Features, candidates: Features) -> torch.Tensor:
+        return self._wrap(vendi_join, pool.clips, candidates.clips, self.q)
 
 
 class WeightedReward(Reward):
@@ -268,7 +349,8 @@ class WeightedReward(Reward):
 
     The class is the widest of the components (``dist_to_dist`` > ``instance_to_dist`` > ``instance``);
     ``credit`` is present when any component is a set reward (instance components contribute their scores).
-    Components sharing one encoder object embed the batch once. Scales differ between rewards: choose weights accordingly (no normalisation is applied).
+    Components sharing an encoder embed the batch once (through ``ScoringBatch.embeddings``). Scales differ
+    between rewards: choose weights accordingly (no normalisation is applied).
     """
 
     name = "weighted"
@@ -285,29 +367,36 @@ class WeightedReward(Reward):
         self.higher_is_better = True
         self.name = " + ".join(f"{w:g}*{r.name}" for w, r in self.components)
 
-    def __call__(self, batch: ScoringBatch) -> RewardResult:
-        scores = None
-        set_score = 0.0
-        any_set = False
-        encoded: dict[int, list[torch.Tensor]] = {}  # one encoder pass per distinct encoder object
-        for w, r in self.components:
-            if isinstance(r, EmbeddingReward):
-                key = id(r.encoder)
-                if key not in encoded:
-                    encoded[key] = r.encode(batch)
-                res = r.score(batch, r.embed(batch, encoded[key]))
-            else:
-                res = r(batch)
-            s = res.scores.to(torch.float64) * w
-            scores = s if scores is None else scores + s
+    def scores_latents_of(self, codec_id: str) -> bool:
+        return all(r.scores_latents_of(codec_id) for _, r in self.components)
+
+    def features(self, batch: ScoringBatch) -> Features:
+        return Features(n=len(batch), parts=tuple(r.features(batch) for _, r in self.components),
+                        prompts=list(batch.prompts))
+
+    def score(self, feats: Features) -> RewardResult:
+        assert feats.parts is not None
+        scores = torch.zeros(feats.n, dtype=torch.float64)
+        set_score, any_set = 0.0, False
+        for (w, r), f in zip(self.components, feats.parts):
+            res = r.score(f)
+            scores = scores + w * res.scores.to(torch.float64)
             if res.set_score is not None:
                 any_set = True
                 set_score += w * float(res.set_score)
             else:
-                fin = res.scores[torch.isfinite(res.scores)]
-                set_score += w * (float(fin.mean()) if fin.numel() else float("nan"))
-        assert scores is not None
-        return RewardResult(
-            scores=scores, set_score=set_score if any_set else None, credit=scores.clone() if any_set else None,
-            name=self.name,
-        )
+                set_score += w * nanmean(res.scores)
+        return RewardResult(scores=scores, set_score=set_score if any_set else None,
+                            credit=scores.clone() if any_set else None, name=self.name)
+
+    def set_value(self, feats: Features) -> float:
+        assert feats.parts is not None
+        return sum(w * r.set_value(f) for (w, r), f in zip(self.components, feats.parts))
+
+    def pool_credit(self, pool: Features, candidates: Features) -> torch.Tensor:
+        """Set components: their pool credit; per-sample components: the candidate's score (what it adds)."""
+        assert pool.parts is not None and candidates.parts is not None
+        out = torch.zeros(candidates.n, dtype=torch.float64)
+        for (w, r), fp, fc in zip(self.components, pool.parts, candidates.parts):
+            out += w * (r.pool_credit(fp, fc) if r.is_set_reward else r.score(fc).scores.to(torch.float64))
+        return out

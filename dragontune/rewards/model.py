@@ -92,9 +92,16 @@ class ClapScoreReward(Reward):
         if not ok:
             return RewardResult(scores=scores, name=self.name)
         text = self.encoder.embed_text([batch.prompts[i] for i in ok]).to(torch.float64)
+        shared = batch.embeddings.get(self.encoder.id) if len(ok) == len(batch) else None
+        if shared is None and len(ok) == len(batch):
+            try:  # the whole batch at once, kept for other rewards with this encoder
+                shared = batch.embeddings[self.encoder.id] = list(self.encoder.embed_audio(batch.audio, batch.sample_rate))
+            except (EncoderError, AudioError):
+                shared = None  # fall back to one clip at a time, which names the clip that fails
         for j, i in enumerate(ok):
             try:
-                frames = self.encoder.embed_audio(batch.audio[i : i + 1], batch.sample_rate)[0]
+                frames = shared[i] if shared is not None else \
+                    self.encoder.embed_audio(batch.audio[i : i + 1], batch.sample_rate)[0]
             except (EncoderError, AudioError) as e:
                 log.warning("reward %s: clip %d cannot be embedded (%s); its score is NaN", self.name, i, e)
                 continue

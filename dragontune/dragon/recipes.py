@@ -1,0 +1,65 @@
+"""Recipes per reward class: which D+/D- builder and loss `finetune` uses when the config says ``auto``.
+
+With only ``reward.*`` set, a run picks what was measured to work for that reward's class (docs/results.md,
+docs/dragon.md hold the runs behind each row). A builder or loss the user set explicitly is kept as it is and
+checked by :func:`dragontune.dragon.builders.validate_combination` (refusal is only for explicit choices).
+
+    reward class       builder   loss   why
+    instance           paired    dpo    best vs worst of K samples per prompt; the demo's recipe
+    instance_to_dist   paired    dpo    same (per-song FAD, centroid)
+    dist_to_dist       pool      dpo    credit = change of the set reward of a pool of recent generations
+                                        (>= 256 clips) when the sample joins it; within-prompt best vs worst
+
+With one sample per prompt (``k_per_prompt=1``) pairs are impossible: ``auto`` then takes KTO with labels
+against the batch median instead of the paired DPO row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dragontune.errors import ConfigError
+
+AUTO = "auto"
+
+#: reward class -> (builder, loss)
+RECIPES = {
+    "instance": ("paired", "dpo"),
+    "instance_to_dist": ("paired", "dpo"),
+    "dist_to_dist": ("pool", "dpo"),
+}
+
+
+@dataclasses.dataclass
+class Recipe:
+    builder: str
+    loss: str
+    options: dict
+    #: True when at least one of builder / loss came from the table
+    chosen: bool
+
+    def describe(self) -> str:
+        opts = f" {self.options}" if self.options else ""
+        return f"builder={self.builder} loss={self.loss}{opts}"
+
+
+def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int, options: dict | None) -> Recipe:
+    """Fill ``auto`` builder / loss from :data:`RECIPES` for ``reward_class``; explicit values stay."""
+    if reward_class not in RECIPES:
+        raise ConfigError(f"unknown reward class {reward_class!r}; known: {', '.join(RECIPES)}")
+    opts = dict(options or {})
+    table_builder, table_loss = RECIPES[reward_class]
+    chosen = builder == AUTO or loss == AUTO
+    b = table_builder if builder == AUTO else builder
+    if loss == AUTO:
+        if b in ("paired",) and k_per_prompt < 2:
+            b, lo = ("unpaired" if builder == AUTO else b), "kto"
+        elif k_per_prompt < 2 and b in ("pool", "loo", "greedy", "split"):
+            lo = "kto"
+        else:
+            lo = table_loss
+        if lo == "kto" and k_per_prompt < 2 and b in ("unpaired", "pool", "loo") and "threshold" not in opts:
+            opts["threshold"] = "batch_median"  # a prompt median of one sample labels nothing
+    else:
+        lo = loss
+    return Recipe(builder=b, loss=lo, options=opts, chosen=chosen)

@@ -1,0 +1,184 @@
+"""DRAGON per reward of the suite, several training seeds, evaluated on held-out prompts with real statistics.
+
+    python experiments/set_rewards.py --rewards fad/codec/piano,vendi/codec --seeds 0,1,2 [--builder auto]
+        [--rounds 16] [--n-eval 64] [--eval-seeds 4] [--out runs/set_rewards] [--extra key=value ...]
+    python experiments/set_rewards.py --table [--out runs/set_rewards] [--md FILE]
+
+For each (reward, training seed): `finetune` from the committed baseline with `configs/dragon_cpu.yaml` and only
+`reward` (and the training seed) changed, so the recipe table picks builder and loss (or `--builder` forces one,
+for the builder comparison); then the fine-tuned model is evaluated against the baseline on `--n-eval` held-out
+test prompts x `--eval-seeds` seeds per prompt (the same seeds for both models; 256 clips per model by default)
+over the evaluation suite (`--suite`, default: the 13 rewards of docs/results.md), so every run also shows its
+side effects. Baseline generations are cached (`--gen-cache`), so the baseline is generated once for all runs.
+A run whose `eval/eval.json` exists is skipped (the script resumes). `--table` prints the markdown tables from
+the finished runs: per reward, the mean difference over seeds with its spread, each seed's 95 % interval of the
+difference (paired bootstrap over prompts), and how many seeds improved with the interval excluding zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SUITE13 = ["aesthetics", "clap_score", "per_song_fad/codec/piano", "per_song_fad/codec/calm",
+           "per_song_fad/clap-mini/piano", "per_song_fad/clap-mini/calm", "fad/codec/piano", "fad/codec/calm",
+           "fad/clap-mini/piano", "fad/clap-mini/calm", "centroid/clap-mini/text", "kad/codec/piano", "vendi/codec"]
+
+
+def run_dir(out: Path, reward: str, seed: int, builder: str) -> Path:
+    tag = reward.replace("/", "_") + ("" if builder == "auto" else f"__{builder}")
+    return out / tag / f"seed{seed}"
+
+
+def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
+    from dragontune.config import load_config
+    from dragontune.dragon.loop import DragonConfig, finetune
+    from dragontune.evaluate import evaluate_models, load_prompts, suite_specs
+
+    run = run_dir(Path(args.out), reward, seed, builder)
+    evj = run / "eval" / "eval.json"
+    if evj.is_file():
+        return json.loads(evj.read_text())
+    spec = dict(suite_specs([reward], args.corpus))[reward]
+    ov = [f"out_dir={run}", f"seed={seed}", f"rounds={args.rounds}", f"reward={json.dumps(spec)}", "watch=[]",
+          "eval_n_prompts=0", f"ckpt_every={args.rounds}", f"data.corpus={args.corpus}"]
+    if builder != "auto":
+        ov.append(f"builder={builder}")
+    cfg = load_config(DragonConfig, ROOT / "configs" / "dragon_cpu.yaml", ov + list(args.extra))
+    t0 = time.time()
+    final = finetune(cfg)
+    t_train = time.time() - t0
+    prompts = load_prompts("test", corpus=args.corpus, limit=args.n_eval)
+    suite = args.suite.split(",") if args.suite != "13" else SUITE13
+    res = evaluate_models(None, final, prompts, suite, seed=1, seeds_per_prompt=args.eval_seeds,
+                          sampler=cfg.eval_sampler, out_dir=run / "eval", corpus=args.corpus, n_boot=args.n_boot,
+                          n_audio=0, generation_cache=args.gen_cache)
+    res["train_seconds"] = t_train
+    (run / "eval" / "train_seconds.txt").write_text(f"{t_train:.1f}\n")
+    print(f"{reward} seed {seed} builder {builder}: train {t_train:.0f} s, eval {sum(res['time'].values()):.0f} s",
+          flush=True)
+    return res
+
+
+def _row(ev: dict, name: str) -> dict | None:
+    for r in ev.get("rewards", []):
+        if r["name"] == name:
+            return r
+    return None
+
+
+def _mean_sd(v: list[float]) -> tuple[float, float]:
+    m = sum(v) / len(v)
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan")
+    return m, sd
+
+
+def tables(args) -> str:
+    out = Path(args.out)
+    runs: dict[tuple[str, str], dict[int, dict]] = {}
+    for evj in sorted(out.glob("*/seed*/eval/eval.json")):
+        tag, seed = evj.parent.parent.parent.name, int(evj.parent.parent.name[4:])
+        reward, _, builder = tag.partition("__")
+        reward = reward.replace("_", "/", 2) if reward.count("_") >= 2 else reward
+        ev = json.loads(evj.read_text())
+        ts = evj.parent / "train_seconds.txt"
+        ev["train_seconds"] = float(ts.read_text()) if ts.is_file() else float("nan")
+        runs.setdefault((tag, builder or "auto"), {})[seed] = ev
+    lines = ["| target reward | builder | seeds | before | after (mean ± sd over seeds) | difference per seed [95 % interval] "
+             "| seeds improved, interval excl. 0 | win rate (mean over seeds) | train time / run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    side = {}
+    wins = {}
+    for (tag, builder), by_seed in sorted(runs.items()):
+        ev0 = next(iter(by_seed.values()))
+        name = ev0["rewards"] and _target_name(tag, ev0)
+        rows = [(_row(ev, name), s, ev) for s, ev in sorted(by_seed.items())]
+        rows = [(r, s, ev) for r, s, ev in rows if r and "error" not in r]
+        if not rows:
+            continue
+        after = [r["after"] for r, _, _ in rows]
+        m, sd = _mean_sd(after)
+        per_seed, ok = [], 0
+        for r, s, _ in rows:
+            d = r["after"] - r["before"]
+            if r["method"] == "bootstrap":
+                per_seed.append(f"{d:+.3g} [{r['diff_lo']:+.3g}, {r['diff_hi']:+.3g}]")
+                ok += int(r["diff_lo"] > 0)
+            else:
+                per_seed.append(f"{d:+.3g} (win {100 * r['win_rate']:.0f} % [{100 * r['lo']:.0f}, {100 * r['hi']:.0f}])")
+                ok += int(r["lo"] > 0.5)
+        wr = [r["win_rate"] for r, _, _ in rows]
+        kind = rows[0][0].get("win_rate_kind", "")
+        tt = _mean_sd([ev["train_seconds"] for _, _, ev in rows])[0]
+        lines.append(f"| {name} | {builder} | {len(rows)} | {rows[0][0]['before']:.4g} | {m:.4g} ± {sd:.2g} | "
+                     f"{'; '.join(per_seed)} | {ok} of {len(rows)} | {100 * sum(wr) / len(wr):.1f} % ({kind}) | "
+                     f"{tt / 60:.1f} min |")
+        if builder == "auto":
+            wins[name] = sum(wr) / len(wr)
+            side[name] = {x["name"]: (x["after"] - x["before"]) for x in rows[0][2]["rewards"] if "after" in x}
+            for _, _, ev in rows[1:]:
+                for x in ev["rewards"]:
+                    if "after" in x:
+                        side[name][x["name"]] = side[name].get(x["name"], 0.0) + (x["after"] - x["before"])
+            for k in side[name]:
+                side[name][k] /= len(rows)
+    text = "\n".join(lines)
+    if wins:
+        text += (f"\n\nAverage win rate over {len(wins)} target rewards (recipe runs; share of prompts for per-sample "
+                 f"rewards, bootstrap win share for set rewards): **{100 * sum(wins.values()) / len(wins):.1f} %**\n")
+    if side:
+        cols = [c for c in SUITE13 if any(c in v for v in side.values())]
+        text += "\nSide effects: mean change (fine-tuned minus baseline, higher is better for every column) of every " \
+                "evaluated reward, rows = reward trained on\n\n"
+        text += "| trained on \\ evaluated | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
+        for t, v in side.items():
+            text += f"| {t} | " + " | ".join(f"{v[c]:+.3g}" if c in v else "" for c in cols) + " |\n"
+    return text
+
+
+def _target_name(tag: str, ev: dict) -> str:
+    base = tag.partition("__")[0]
+    for r in ev["rewards"]:
+        if r["name"].replace("/", "_") == base:
+            return r["name"]
+    return base
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rewards", default="fad/codec/piano")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--builder", default="auto")
+    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--eval-seeds", type=int, default=4)
+    ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--suite", default="13")
+    ap.add_argument("--corpus", default="data/corpus")
+    ap.add_argument("--out", default="runs/set_rewards")
+    ap.add_argument("--gen-cache", default="runs/gen_cache")
+    ap.add_argument("--extra", nargs="*", default=[])
+    ap.add_argument("--table", action="store_true")
+    ap.add_argument("--md", default=None)
+    args = ap.parse_args()
+    if args.table:
+        text = tables(args)
+        if args.md:
+            Path(args.md).write_text(text)
+        print(text)
+        return 0
+    for reward in args.rewards.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for builder in args.builder.split(","):
+                train_and_eval(reward, seed, builder, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

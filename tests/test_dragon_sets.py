@@ -1,0 +1,169 @@
+"""The set-reward path of the loop: recipes per reward class, the credit pool (in the checkpoint, exact resume),
+one embedding pass per round, no decoding in codec space, saturation logging and the stalled-loss warning."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from dragontune.config import load_config
+from dragontune.dragon.health import LearningMonitor
+from dragontune.dragon.loop import DragonConfig, finetune
+from dragontune.dragon.recipes import RECIPES, resolve_recipe
+from dragontune.errors import ConfigError
+from dragontune.models.checkpoint import read_model_file
+
+from tiny import tiny_baseline, tiny_corpus, write_prompts
+
+PROMPTS = ["a soft piano melody", "fast drums", "a slow pad", "bright bell tones", "deep bass line"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sets")
+    corpus = tiny_corpus(root / "corpus")
+    base = tiny_baseline(root / "base.safetensors", corpus)
+    prompts = write_prompts(root / "prompts.txt", PROMPTS)
+    return {"root": root, "corpus": corpus, "base": base, "prompts": prompts}
+
+
+def cfg_for(env, out, **kw):
+    d = {
+        "out_dir": str(out), "baseline": str(env["base"]), "device": "cpu", "rounds": 2,
+        "prompts_per_round": 2, "k_per_prompt": 3, "updates_per_round": 2, "batch_per_update": 2,
+        "prompts": str(env["prompts"]), "eval_prompts": str(env["prompts"]), "eval_n_prompts": 0,
+        "eval_every": 0, "ckpt_every": 1, "sampler.steps": 2, "sampler.cfg": 2.0, "sampler.batch_size": 8,
+        "data.corpus": str(env["corpus"]), "data.duration": 1.0, "pool.size": 12, "pool.warmup": 8,
+        "reward": FAD(env),
+    }
+    d.update(kw)
+    return load_config(DragonConfig, None, [f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}"
+                                            for k, v in d.items()])
+
+
+def FAD(env):
+    return {"name": "fad", "encoder": "codec", "exemplars": {"audio_dir": str(env["corpus"] / "audio")}}
+
+
+def records(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_recipe_table():
+    assert RECIPES["dist_to_dist"] == ("pool", "dpo") and RECIPES["instance"] == ("paired", "dpo")
+    r = resolve_recipe("dist_to_dist", "auto", "auto", 4, {})
+    assert (r.builder, r.loss, r.chosen) == ("pool", "dpo", True)
+    r = resolve_recipe("instance_to_dist", "auto", "auto", 1, {})  # no pairs with one sample per prompt
+    assert (r.builder, r.loss, r.options) == ("unpaired", "kto", {"threshold": "batch_median"})
+    r = resolve_recipe("dist_to_dist", "auto", "auto", 1, {})
+    assert (r.builder, r.loss, r.options) == ("pool", "kto", {"threshold": "batch_median"})
+    r = resolve_recipe("dist_to_dist", "greedy", "kto", 4, {"size": 3})  # explicit choices stay as given
+    assert (r.builder, r.loss, r.options, r.chosen) == ("greedy", "kto", {"size": 3}, False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reward", ["fad", "vendi", "per_song_fad", "rms"])
+def test_each_reward_class_starts_with_only_the_reward_set(env, tmp_path, reward):
+    """builder and loss left at auto: every class runs with its recipe (no refusal)."""
+    from dragontune.rewards import registry
+    from dragontune.rewards.base import Reward, RewardResult
+
+    class RMS(Reward):
+        name, reward_class = "rms", "instance"
+
+        def __call__(self, batch):
+            return RewardResult(scores=batch.audio.pow(2).mean(dim=(1, 2)).sqrt().double(), name=self.name)
+
+    registry.register_reward("rms", lambda spec, ctx: RMS(), overwrite=True)
+    spec = {"fad": FAD(env), "vendi": {"name": "vendi", "encoder": "codec"}, "rms": {"name": "rms"},
+            "per_song_fad": {**FAD(env), "name": "per_song_fad"}}[reward]
+    out = tmp_path / reward
+    finetune(cfg_for(env, out, reward=spec, rounds=1))
+    arith = json.loads((out / "batch_arithmetic.json").read_text())
+    want = {"fad": "pool", "vendi": "pool", "per_song_fad": "paired", "rms": "paired"}[reward]
+    assert arith["builder"] == want and arith["loss"] == "dpo" and arith["recipe"].startswith("builder=")
+    r = records(out)[1]
+    assert "train/loss" in r and "train/saturated" in r and "train/grad_norm" in r and "train/margin" in r
+    # rewards in the codec's own space score the latents: nothing is decoded
+    assert r["decoded"] is (reward == "rms")
+
+
+@pytest.mark.slow
+def test_pool_is_in_the_checkpoint_and_resume_is_exact(env, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    finetune(cfg_for(env, full, rounds=3))
+    finetune(cfg_for(env, part, rounds=3), stop_after_round=1)
+    finetune(cfg_for(env, part, rounds=3), resume=True)
+    a, _ = read_model_file(full / "model.safetensors")
+    b, _ = read_model_file(part / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra, rb = records(full), records(part)
+    assert [r.get("pool/set_reward") for r in ra] == [r.get("pool/set_reward") for r in rb]
+    assert ra[1]["pool/size"] == 8 and ra[2]["pool/size"] == 12  # warm-up 8, then first in first out at 12
+    # a run without builder=pool cannot resume into one
+    other = tmp_path / "other"
+    finetune(cfg_for(env, other, rounds=2, builder="loo"), stop_after_round=1)
+    with pytest.raises(Exception, match="holds no credit pool"):
+        finetune(cfg_for(env, other, rounds=2, builder="pool"), resume=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("builder", ["pool", "greedy", "split", "loo"])
+def test_set_rewards_embed_each_round_once(env, tmp_path, monkeypatch, builder):
+    from dragontune.encoders.codec import CodecEncoder
+
+    calls = []
+    orig_l, orig_a = CodecEncoder.embed_latent, CodecEncoder.embed_audio
+    monkeypatch.setattr(CodecEncoder, "embed_latent", lambda self, z: (calls.append(("latent", z.shape[0])), orig_l(self, z))[1])
+    monkeypatch.setattr(CodecEncoder, "embed_audio", lambda self, a, sr: (calls.append(("audio", a.shape[0])), orig_a(self, a, sr))[1])
+    kw = {"builder": builder, "loss": "kto" if builder in ("greedy", "split") else "dpo", "rounds": 2,
+          "reward": {"name": "vendi", "encoder": "codec"}}
+    finetune(cfg_for(env, tmp_path / "run", **kw))
+    warm = [("latent", 8)] if builder == "pool" else []
+    assert calls == warm + [("latent", 6), ("latent", 6)]  # one pass per round, on latents, whatever the builder
+
+
+def test_monitor_warns_once_naming_the_knob(caplog):
+    m = LearningMonitor("kto", patience=3)
+    with caplog.at_level(logging.WARNING, logger="dragontune"):
+        for rnd, (gn, sat) in enumerate([(100.0, 0.2), (50.0, 0.99), (0.01, 0.99), (0.0, 1.0), (0.0, 1.0)], 1):
+            out = m.update(rnd, {"train/grad_norm": gn, "train/saturated": sat})
+    assert out["health/stalled_rounds"] == 4
+    warnings = [r for r in caplog.records if "stopped learning" in r.getMessage()]
+    assert len(warnings) == 1 and "kto_reference=mean" in warnings[0].getMessage() and "round 4" in warnings[0].getMessage()
+    assert LearningMonitor("dpo").update(1, {"train/grad_norm": 1.0, "train/saturated": 0.1})["health/stalled_rounds"] == 0
+
+
+def test_saturation_share_of_the_losses():
+    from dragontune.dragon.losses import SATURATION, diffusion_dpo_loss, diffusion_kto_loss
+
+    beta = 100.0
+    # DPO: pairs ordered by margins below / above SATURATION / beta
+    a_w = torch.tensor([0.0, 0.0, 0.0, 0.0], requires_grad=True)
+    a_l = torch.tensor([0.01, 0.2, 0.3, -0.2])  # beta * (A_l - A_w) = 1, 20, 30, -20
+    _, st = diffusion_dpo_loss(a_w, a_l, torch.zeros(4), torch.zeros(4), beta=beta)
+    assert st["saturated"] == pytest.approx(0.5)
+    # KTO: |beta (g - z)| > SATURATION on either side counts; the clamped reference saturates every term at
+    # once when the policy is worse than the reference everywhere, the plain mean keeps them centred
+    err_pol = torch.tensor([0.30, 0.31, 0.32, 0.33], requires_grad=True)
+    err_ref = torch.zeros(4)
+    lab = torch.tensor([True, True, False, False])
+    _, clamped = diffusion_kto_loss(err_pol, err_ref, lab, beta=beta, reduce_reference=False)
+    _, mean = diffusion_kto_loss(err_pol, err_ref, lab, beta=beta, reduce_reference=False, reference="mean")
+    assert clamped["z"] == 0.0 and clamped["saturated"] == 1.0
+    assert mean["z"] == pytest.approx(-0.315) and mean["saturated"] == 0.0
+    assert SATURATION == 5.0
+    with pytest.raises(ValueError, match="reference"):
+        diffusion_kto_loss(err_pol, err_ref, lab, reference="median")
+
+
+def test_bad_pool_and_kto_settings_fail_before_work(env, tmp_path):
+    with pytest.raises(ConfigError, match="pool.size=1"):
+        finetune(cfg_for(env, tmp_path / "a", **{"pool.size": 1}))
+    with pytest.raises(ConfigError, match="kto_reference='median'"):
+        finetune(cfg_for(env, tmp_path / "b", kto_reference="median"))
+    with pytest.raises(ConfigError, match="pool.max_mb"):
+        finetune(cfg_for(env, tmp_path / "c", **{"pool.size": 100000, "pool.max_mb": 1}))
+    assert not (tmp_path / "c" / "metrics.jsonl").exists()
