@@ -18,8 +18,9 @@ RUNS = [
     ["benchmarks/bench_dragon.py", "--device", "cpu", "--out", "benchmarks/results/dragon-cpu.md"],
     ["benchmarks/bench_metrics.py", "--out", "benchmarks/results/metrics.md"],
     ["benchmarks/bench_encoders.py", "--out", "benchmarks/results/encoders.md"],
+    ["benchmarks/bench_set_rewards.py", "--out", "benchmarks/results/set-rewards.md"],
 ]
-ORDER = ["summary", "model-cpu", "bench_model_cuda", "bench_model_cuda_large", "dragon-cpu", "demo", "metrics",
+ORDER = ["summary", "model-cpu", "bench_model_cuda", "bench_model_cuda_large", "dragon-cpu", "set-rewards", "demo", "metrics",
          "metrics_cuda", "encoders", "codec"]
 
 

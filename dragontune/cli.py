@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from dragontune.errors import DragontuneError
+from dragontune.errors import ConfigError, DragontuneError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -217,9 +217,13 @@ def cmd_eval(args) -> int:
 
     prompts = load_prompts(args.prompts, corpus=args.corpus, limit=args.n)
     suite = args.suite if args.suite == "default" else [s for s in args.suite.split(",") if s]
+    if args.seeds_per_prompt < 1:
+        raise ConfigError(f"--seeds-per-prompt={args.seeds_per_prompt} must be >= 1 (clips per prompt and model)")
     res = evaluate_models(args.baseline, args.model, prompts, suite, seed=args.seed,
+                          seeds_per_prompt=args.seeds_per_prompt,
                           sampler=SamplerConfig(steps=args.steps, cfg=args.cfg), device=args.device,
-                          out_dir=args.out, corpus=args.corpus, skip_unavailable=args.skip_unavailable)
+                          out_dir=args.out, corpus=args.corpus, skip_unavailable=args.skip_unavailable,
+                          generation_cache=args.generation_cache)
     print(format_eval_table(res))
     print(f"wrote {args.out}/eval.json and eval.md")
     return 0
@@ -327,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=40)
     ev.add_argument("--cfg", type=float, default=4.0)
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seeds-per-prompt", type=int, default=1,
+                    help="clips per prompt and model (set rewards need >= 256 clips: e.g. 64 prompts x 4)")
+    ev.add_argument("--generation-cache", default=None,
+                    help="folder that keeps generated latents (the baseline is then generated once)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--skip-unavailable", action="store_true")
     ev.add_argument("--out", default="runs/eval")

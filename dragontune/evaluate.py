@@ -361,27 +361,6 @@ def _load_pair(baseline_path, model_path, device):
     return base, model
 
 
-def _generate_latents_cached(model, model_file: str | None, prompts, seeds, sampler, cache_dir) -> torch.Tensor:
-    """Latents of ``model`` for (prompts, seeds, sampler); with ``cache_dir`` they are kept on disk under a key
-    of the model file's content hash and every generation setting, so the baseline of many comparisons with
-    the same seeds is generated once."""
-    from dragontune.generate import generate_latents
-    from dragontune.models.checkpoint import PACKAGE_BASELINE
-    from dragontune.utils import load_safetensors, save_safetensors_atomic, sha256_file, sha256_json
-
-    if cache_dir is None:
-        return generate_latents(model, prompts, seeds, sampler)
-    model_file = str(PACKAGE_BASELINE) if model_file is None else model_file
-    key = sha256_json({"model": sha256_file(model_file), "prompts": list(prompts), "seeds": list(seeds),
-                       "sampler": dataclasses.asdict(sampler), "format": 1})[:32]
-    path = Path(cache_dir) / f"{key}.safetensors"
-    if path.is_file():
-        return load_safetensors(path)[0]["latents"]
-    lat = generate_latents(model, prompts, seeds, sampler)
-    save_safetensors_atomic({"latents": lat.contiguous()}, path, {"model": str(model_file)})
-    return lat
-
-
 def _decode(model, lat: torch.Tensor, batch_size: int) -> torch.Tensor:
     out = []
     bs = max(1, int(batch_size))
@@ -447,7 +426,7 @@ def evaluate_models(
     ``out_dir`` it writes ``eval.json``, ``eval.md`` and ``audio/`` (``n_audio`` baseline/model pairs).
     Returns the dict written to ``eval.json``.
     """
-    from dragontune.generate import SamplerConfig
+    from dragontune.generate import SamplerConfig, generate_latents_cached
     from dragontune.metrics import fad_infinity
     from dragontune.rewards.base import ScoringBatch
     from dragontune.rewards.builtin import FADReward
@@ -484,14 +463,17 @@ def evaluate_models(
     n_clips = len(clip_prompts)
     log.info("evaluation: generating %d clips per model (%d prompts x %d seeds; %s, %d steps)", n_clips,
              len(prompts), S, sampler.sampler, sampler.steps)
-    lat_a = _generate_latents_cached(base, None if baseline_path is None else str(baseline_path), clip_prompts,
+    lat_a = generate_latents_cached(base, None if baseline_path is None else str(baseline_path), clip_prompts,
                                      seeds, sampler, generation_cache)
-    lat_b = _generate_latents_cached(model, str(model_path), clip_prompts, seeds, sampler, generation_cache)
-    audio_a, audio_b = _decode(base, lat_a, sampler.batch_size), _decode(model, lat_b, sampler.batch_size)
+    lat_b = generate_latents_cached(model, str(model_path), clip_prompts, seeds, sampler, generation_cache)
     t2 = time.perf_counter()
     sr = base.sample_rate
-    batch_a = ScoringBatch(audio_a, sr, clip_prompts)
-    batch_b = ScoringBatch(audio_b, sr, clip_prompts)
+    # latents with decoding on first use: rewards in the codec's space score the latents the model made (as in
+    # training), the others see the decoded audio (decoded once per model)
+    batch_a = ScoringBatch(None, sr, clip_prompts, latents=lat_a, codec=base.codec,
+                           decode=lambda z: _decode(base, z, sampler.batch_size))
+    batch_b = ScoringBatch(None, sr, clip_prompts, latents=lat_b, codec=base.codec,
+                           decode=lambda z: _decode(model, z, sampler.batch_size))
     spec_of = dict(specs)
     rows = []
     for name, reward in rewards:
@@ -559,12 +541,13 @@ def evaluate_models(
         "z": z,
         "rewards": rows,
         "skipped": [{"name": n, "reason": r} for n, r in skipped],
-        "time": {"load": t1 - t0, "generate": t2 - t1, "score": t3 - t2},
+        "time": {"load": t1 - t0, "generate": t2 - t1, "score (incl. decoding)": t3 - t2},
+        "decoded": batch_a.n_decoded > 0,
     }
     scored = [r for r in rows if "win_rate" in r and r["win_rate"] is not None and math.isfinite(r["win_rate"])]
     result["mean_win_rate"] = float(np.mean([r["win_rate"] for r in scored])) if scored else None
     if out is not None:
-        result["audio"] = _save_audio(out, clip_prompts, seeds, audio_a, audio_b, sr, n_audio)
+        result["audio"] = _save_audio(out, clip_prompts, seeds, batch_a, batch_b, sr, n_audio)
         atomic_write_json(out / "eval.json", _json_safe(result))
         atomic_write_text(out / "eval.md", format_eval_markdown(result))
         log.info("evaluation written to %s", out / "eval.json")
@@ -585,12 +568,15 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _save_audio(out: Path, prompts, seeds, audio_a, audio_b, sr, n_audio) -> dict:
+def _save_audio(out: Path, prompts, seeds, batch_a, batch_b, sr, n_audio) -> dict:
     from dragontune.audio import save_wav
 
     d = out / "audio"
     pairs = []
-    for k, i in enumerate(_pick_audio(len(prompts), int(n_audio))):
+    picked = _pick_audio(len(prompts), int(n_audio))
+    audio_a = batch_a.audio if picked else None
+    audio_b = batch_b.audio if picked else None
+    for k, i in enumerate(picked):
         fa, fb = f"audio/{k:03d}-baseline.wav", f"audio/{k:03d}-model.wav"
         save_wav(out / fa, audio_a[i], sr)
         save_wav(out / fb, audio_b[i], sr)

@@ -84,3 +84,29 @@ def generate_latents(
     finally:
         model.net.train(was)
     return torch.cat(out)
+
+
+def generate_latents_cached(model, model_file: str | None, prompts: Sequence[str], seeds: Sequence[int],
+                            sc: SamplerConfig, cache_dir=None) -> torch.Tensor:
+    """:func:`generate_latents`, kept on disk under ``cache_dir`` when given.
+
+    The key is the model file's content hash (``None``: the committed baseline) with every prompt, seed and
+    sampler setting, so a frozen model's generations for the same settings (the baseline of many evaluations,
+    the credit pool's warm-up) are made once. Written atomically.
+    """
+    from dragontune.models.checkpoint import PACKAGE_BASELINE
+    from dragontune.utils import load_safetensors, save_safetensors_atomic, sha256_file, sha256_json
+
+    if cache_dir is None or cache_dir == "":
+        return generate_latents(model, prompts, seeds, sc)
+    model_file = str(PACKAGE_BASELINE) if model_file is None else str(model_file)
+    key = sha256_json({"model": sha256_file(model_file), "prompts": list(prompts), "seeds": [int(s) for s in seeds],
+                       "sampler": dataclasses.asdict(sc), "format": 1})[:32]
+    from pathlib import Path
+
+    path = Path(cache_dir) / f"{key}.safetensors"
+    if path.is_file():
+        return load_safetensors(path)[0]["latents"]
+    lat = generate_latents(model, prompts, seeds, sc)
+    save_safetensors_atomic({"latents": lat.contiguous()}, path, {"model": model_file})
+    return lat

@@ -47,7 +47,8 @@ def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
         return json.loads(evj.read_text())
     spec = dict(suite_specs([reward], args.corpus))[reward]
     ov = [f"out_dir={run}", f"seed={seed}", f"rounds={args.rounds}", f"reward={json.dumps(spec)}", "watch=[]",
-          "eval_n_prompts=0", f"ckpt_every={args.rounds}", f"data.corpus={args.corpus}"]
+          "eval_n_prompts=0", f"ckpt_every={args.rounds}", f"data.corpus={args.corpus}",
+          f"pool.cache_dir={args.gen_cache}", f"threads={args.threads}"]
     if builder != "auto":
         ov.append(f"builder={builder}")
     cfg = load_config(DragonConfig, ROOT / "configs" / "dragon_cpu.yaml", ov + list(args.extra))
@@ -56,6 +57,8 @@ def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
     t_train = time.time() - t0
     prompts = load_prompts("test", corpus=args.corpus, limit=args.n_eval)
     suite = args.suite.split(",") if args.suite != "13" else SUITE13
+    if seed not in [int(x) for x in args.side_seeds.split(",") if x]:  # side effects from the first seeds only
+        suite = [reward]
     res = evaluate_models(None, final, prompts, suite, seed=1, seeds_per_prompt=args.eval_seeds,
                           sampler=cfg.eval_sampler, out_dir=run / "eval", corpus=args.corpus, n_boot=args.n_boot,
                           n_audio=0, generation_cache=args.gen_cache)
@@ -163,6 +166,8 @@ def main():
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--out", default="runs/set_rewards")
     ap.add_argument("--gen-cache", default="runs/gen_cache")
+    ap.add_argument("--side-seeds", default="0", help="training seeds evaluated on the whole suite (others: target)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--extra", nargs="*", default=[])
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--md", default=None)

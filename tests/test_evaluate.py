@@ -248,13 +248,13 @@ def test_identical_models_win_half(tmp_path, corpus, models, monkeypatch):
     from dragontune.encoders.codec import CodecEncoder
 
     calls = []
-    orig = CodecEncoder.embed_audio
+    orig = CodecEncoder.embed_latent
 
-    def spy(self, audio, sr):
-        calls.append(audio.shape[0])
-        return orig(self, audio, sr)
+    def spy(self, lat):
+        calls.append(lat.shape[0])
+        return orig(self, lat)
 
-    monkeypatch.setattr(CodecEncoder, "embed_audio", spy)
+    monkeypatch.setattr(CodecEncoder, "embed_latent", spy)
     out = tmp_path / "eval"
     res = evaluate_models(models["a"], models["a2"], PROMPTS, SUITE, sampler=_sampler(), out_dir=out,
                           corpus=corpus, n_boot=40, n_audio=2, cache_dir=tmp_path / "cache")
@@ -267,8 +267,8 @@ def test_identical_models_win_half(tmp_path, corpus, models, monkeypatch):
         else:
             assert r["lo"] < 0.5 < r["hi"], r["name"]
         assert r["before"] == pytest.approx(r["after"]), r["name"]
-    # five rewards share the codec encoder: each model's clips are embedded once (exemplar files aside)
-    assert [c for c in calls if c == len(PROMPTS)] == [len(PROMPTS)] * 2
+    # five rewards share the codec encoder: each model's latents are embedded once, and nothing is decoded
+    assert calls == [len(PROMPTS)] * 2 and res["decoded"] is False
     kinds = {r["name"]: r["method"] for r in res["rewards"]}
     assert kinds["per_song_fad/codec/piano"] == "instance" and kinds["vendi/codec"] == "bootstrap"
     assert kinds["fad/codec/calm"] == "bootstrap" and kinds["centroid/codec/piano"] == "instance"

@@ -33,7 +33,7 @@ from dragontune.dragon.losses import KTO_REFERENCES, diffusion_dpo_loss, diffusi
 from dragontune.dragon.pool import FeaturePool, PoolConfig
 from dragontune.dragon.recipes import resolve_recipe
 from dragontune.errors import CheckpointError, ConfigError, DataError
-from dragontune.generate import SamplerConfig, generate_latents
+from dragontune.generate import SamplerConfig, generate_latents, generate_latents_cached
 from dragontune.models.checkpoint import load_model, load_state_strict, save_model
 from dragontune.models.edm import P_MEAN, P_STD, denoising_loss, sample_sigma
 from dragontune.rewards.base import Features, ScoringBatch, nanmean
@@ -289,7 +289,11 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         g = gen_for(cfg.seed, "pool-warmup")
         w_prompts = [pool_prompts[int(i)] for i in torch.randint(len(pool_prompts), (n_w,), generator=g)]
         w_seeds = [derived_seed(cfg.seed, "pool-warmup", j) for j in range(n_w)]
-        w_lat = generate(w_prompts, w_seeds, torch.ones(n_w, dtype=torch.bool))
+        if cfg.pool.cache_dir and W == 1:  # the baseline's generations: the same for every reward
+            w_lat = generate_latents_cached(reference, cfg.baseline or None, w_prompts, w_seeds, cfg.sampler,
+                                            cfg.pool.cache_dir)
+        else:
+            w_lat = generate(w_prompts, w_seeds, torch.ones(n_w, dtype=torch.bool))
         w_feats = reward.features(latent_batch(w_lat, w_prompts))
         cfg.pool.check_budget(w_feats.nbytes() / max(1, w_feats.n), "these features")
         credit_pool.push(w_feats)

@@ -26,6 +26,7 @@ class PoolConfig:
     size: int = 256            # clips kept, first in first out (the builder "pool" scores against them)
     warmup: int = -1           # clips the frozen reference generates before round 1 to fill the pool (-1: size)
     max_mb: float = 2048.0     # memory budget of the stored features; a larger pool is refused
+    cache_dir: str = ""        # keep the warm-up generations of the frozen baseline here ("" = regenerate)
 
     def check(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 2:
