@@ -157,6 +157,18 @@ def test_saturation_share_of_the_losses():
     assert SATURATION == 5.0
     with pytest.raises(ValueError, match="reference"):
         diffusion_kto_loss(err_pol, err_ref, lab, reference="median")
+    # the loss-averse utility keeps a gradient for samples on the wrong side of z (here every D+ sample, as the
+    # policy is worse than the reference), where the sigmoid utility has none; closed form -w log sigmoid(s)
+    for utility, wrong_side_grad in (("sigmoid", False), ("log_sigmoid", True)):
+        e = err_pol.detach().clone().requires_grad_(True)
+        loss, st = diffusion_kto_loss(e, err_ref, lab, beta=beta, reduce_reference=False, utility=utility)
+        loss.backward()
+        assert (e.grad[:2].abs() > 1e-3).all() == wrong_side_grad, utility
+    loss, st = diffusion_kto_loss(err_pol, err_ref, lab, beta=beta, reduce_reference=False, utility="log_sigmoid")
+    g = -(err_pol.detach().double() - err_ref.double())
+    s_ = torch.where(lab, beta * g, -beta * g)  # z = 0 (clamped)
+    assert float(loss) == pytest.approx(float((-torch.nn.functional.logsigmoid(s_)).mean()), rel=1e-6)
+    assert st["saturated"] == 0.5  # D- samples are far on their side (flat), D+ far on the wrong side (not flat)
 
 
 def test_bad_pool_and_kto_settings_fail_before_work(env, tmp_path):

@@ -30,8 +30,9 @@ class LearningMonitor:
 
     def knobs(self) -> str:
         if self.loss == "kto":
-            return ("kto_reference=mean (keeps the terms centred when the policy drifts on every sample), a lower "
-                    "optim.lr, or a lower beta")
+            return ("kto_utility=log_sigmoid (keeps a gradient for samples on the wrong side of the reference "
+                    "point), kto_reference=mean (keeps the terms centred when the policy drifts on every sample), a "
+                    "lower optim.lr, or a lower beta")
         return "a lower optim.lr or beta (the pairs are already separated by a wide margin)"
 
     def update(self, rnd: int, stats: dict) -> dict:

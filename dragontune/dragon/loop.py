@@ -29,7 +29,7 @@ from dragontune import dist
 from dragontune.config import dump_yaml
 from dragontune.dragon.builders import build_demonstrations, validate_combination
 from dragontune.dragon.health import LearningMonitor
-from dragontune.dragon.losses import KTO_REFERENCES, diffusion_dpo_loss, diffusion_kto_loss
+from dragontune.dragon.losses import KTO_REFERENCES, KTO_UTILITIES, diffusion_dpo_loss, diffusion_kto_loss
 from dragontune.dragon.pool import FeaturePool, PoolConfig
 from dragontune.dragon.recipes import resolve_recipe
 from dragontune.errors import CheckpointError, ConfigError, DataError
@@ -83,6 +83,7 @@ class DragonConfig:
     kto_w_desirable: float = 1.0
     kto_w_undesirable: float = 1.0
     kto_reference: str = "clamped_mean"   # clamped_mean (Diffusion-KTO: z = max(0, mean g)) | mean
+    kto_utility: str = "sigmoid"          # sigmoid (KTO) | log_sigmoid (Diffusion-KTO's loss-averse value function)
     cond_dropout: float = 0.1          # kept on during DRAGON training, as in the paper
     p_mean: float = P_MEAN
     p_std: float = P_STD
@@ -204,6 +205,8 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         raise ConfigError(f"batch_per_update={cfg.batch_per_update} is smaller than the {W} processes")
     if cfg.kto_reference not in KTO_REFERENCES:
         raise ConfigError(f"kto_reference={cfg.kto_reference!r} must be one of {', '.join(KTO_REFERENCES)}")
+    if cfg.kto_utility not in KTO_UTILITIES:
+        raise ConfigError(f"kto_utility={cfg.kto_utility!r} must be one of {', '.join(KTO_UTILITIES)}")
     cfg.pool.check()
     policy = load_model(cfg.baseline or None, device=device)
     reference = policy.copy_frozen()
@@ -441,7 +444,7 @@ def _train_round(cfg, loss_name, policy, reference, opt, demos, latents, prompts
         else:
             loss, st = diffusion_kto_loss(err_pol, err_ref, chunk[:, 1].bool().to(device), beta=cfg.beta,
                                           w_desirable=cfg.kto_w_desirable, w_undesirable=cfg.kto_w_undesirable,
-                                          reference=cfg.kto_reference)
+                                          reference=cfg.kto_reference, utility=cfg.kto_utility)
         step = (rnd - 1) * cfg.updates_per_round + m + 1
         for grp in opt.param_groups:
             grp["lr"] = cfg.optim.lr * min(1.0, step / max(1, cfg.optim.warmup_steps))

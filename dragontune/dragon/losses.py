@@ -26,12 +26,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["diffusion_dpo_loss", "diffusion_kto_loss", "SATURATION", "KTO_REFERENCES"]
+__all__ = ["diffusion_dpo_loss", "diffusion_kto_loss", "SATURATION", "KTO_REFERENCES", "KTO_UTILITIES"]
 
 #: |beta * x| beyond which a sigmoid term counts as saturated: its slope is below 0.7 % of the maximum
 SATURATION = 5.0
 #: how the KTO reference point z is formed from the batch mean of the implicit reward
 KTO_REFERENCES = ("clamped_mean", "mean")
+#: KTO's value function of the signed margin s (s > 0: the sample is on its label's side of z)
+KTO_UTILITIES = ("sigmoid", "log_sigmoid")
 
 
 def _check(name: str, t: torch.Tensor, *, ref: bool) -> None:
@@ -125,6 +127,7 @@ def diffusion_kto_loss(
     w_undesirable: float = 1.0,
     reduce_reference: bool = True,
     reference: str = "clamped_mean",
+    utility: str = "sigmoid",
 ) -> tuple[torch.Tensor, dict]:
     """Diffusion-KTO over N labelled samples (pass only D+ and D−, not unused samples).
 
@@ -132,7 +135,13 @@ def diffusion_kto_loss(
     (no gradient flows through z): ``reference="clamped_mean"``, as Diffusion-KTO's reference implementation
     and KTO (whose z estimates a KL divergence, >= 0). ``reference="mean"`` drops the clamp: z is the plain
     batch mean, so the terms stay centred when the policy drifts away from the reference on *every* sample
-    (mean g < 0), where the clamp at 0 pushes all of them into saturation at once. When ``torch.distributed`` is initialised and ``reduce_reference``,
+    (mean g < 0), where the clamp at 0 pushes all of them into saturation at once.
+
+    ``utility="sigmoid"`` is KTO's value function: a sample's term is ``w (1 - sigmoid(s))`` with the signed margin
+    ``s = beta (g - z)`` for D+ and ``beta (z - g)`` for D-. Its slope vanishes on *both* sides, so once
+    ``|beta (g - z)|`` is large for every sample the loss stops learning, right or wrong. ``utility="log_sigmoid"``
+    is the loss-averse value function of Diffusion-KTO's reference implementation (its ``halo`` option): the term
+    is ``-w log sigmoid(s)``, flat only for samples already on their label's side, like Diffusion-DPO's loss. When ``torch.distributed`` is initialised and ``reduce_reference``,
     the mean is global: the sum of g and the count are all-reduced (a collective: every rank must
     call this, also a rank with N = 0). Per-sample terms::
 
@@ -166,6 +175,8 @@ def diffusion_kto_loss(
         raise ValueError(f"KTO weights must be >= 0, got w_desirable={w_desirable}, w_undesirable={w_undesirable}")
     if reference not in KTO_REFERENCES:
         raise ValueError(f"KTO reference={reference!r} must be one of {', '.join(KTO_REFERENCES)}")
+    if utility not in KTO_UTILITIES:
+        raise ValueError(f"KTO utility={utility!r} must be one of {', '.join(KTO_UTILITIES)}")
 
     g = -(_promote(err_pol) - _promote(err_ref))
     desirable = desirable.to(g.device)
@@ -173,11 +184,12 @@ def diffusion_kto_loss(
     z_raw = s / c if c > 0 else float("nan")
     z = (max(0.0, z_raw) if reference == "clamped_mean" else z_raw) if c > 0 else 0.0
     x = beta * (g - z)  # z is a Python float: no gradient through it
-    per_sample = torch.where(
-        desirable,
-        w_desirable * torch.sigmoid(-x),
-        w_undesirable * torch.sigmoid(x),
-    )
+    signed = torch.where(desirable, x, -x)  # > 0: on the label's side of the reference point
+    weight = torch.where(desirable, torch.full_like(x, w_desirable), torch.full_like(x, w_undesirable))
+    if utility == "sigmoid":
+        per_sample = weight * torch.sigmoid(-signed)  # = w (1 - sigmoid(s))
+    else:
+        per_sample = -weight * F.logsigmoid(signed)
     loss = per_sample.sum() / n if n else per_sample.sum()
 
     with torch.no_grad():
@@ -196,7 +208,8 @@ def diffusion_kto_loss(
             "A_pos": _mean(-pos),
             "A_neg": _mean(-neg),
             "margin": _mean(pos) - _mean(neg),
-            "saturated": _mean((beta * (gd - z)).abs().gt(SATURATION).double()),
+            "saturated": _mean(((beta * (gd - z)).abs().gt(SATURATION) if utility == "sigmoid" else
+                                (torch.where(desirable, beta * (gd - z), beta * (z - gd)) > SATURATION)).double()),
             "z": float(z),
             "z_raw": float(z_raw),
             "n_pos": int(desirable.sum()),
