@@ -84,6 +84,7 @@ class DragonConfig:
     kto_w_undesirable: float = 1.0
     kto_reference: str = "clamped_mean"   # clamped_mean (Diffusion-KTO: z = max(0, mean g)) | mean
     kto_utility: str = "sigmoid"          # sigmoid (KTO) | log_sigmoid (Diffusion-KTO's loss-averse value function)
+    kto_noise: str = "independent"        # independent (a sigma and noise per sample) | paired (k-th D+ and D- share them)
     cond_dropout: float = 0.1          # kept on during DRAGON training, as in the paper
     p_mean: float = P_MEAN
     p_std: float = P_STD
@@ -205,6 +206,8 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         raise ConfigError(f"batch_per_update={cfg.batch_per_update} is smaller than the {W} processes")
     if cfg.kto_reference not in KTO_REFERENCES:
         raise ConfigError(f"kto_reference={cfg.kto_reference!r} must be one of {', '.join(KTO_REFERENCES)}")
+    if cfg.kto_noise not in ("independent", "paired"):
+        raise ConfigError(f"kto_noise={cfg.kto_noise!r} must be 'independent' or 'paired'")
     if cfg.kto_utility not in KTO_UTILITIES:
         raise ConfigError(f"kto_utility={cfg.kto_utility!r} must be one of {', '.join(KTO_UTILITIES)}")
     cfg.pool.check()
@@ -423,6 +426,12 @@ def _train_round(cfg, loss_name, policy, reference, opt, demos, latents, prompts
         sigma = sample_sigma(b, g, cfg.p_mean, cfg.p_std)
         noise = torch.randn((b,) + tuple(latents.shape[1:]), generator=g)
         drop = torch.rand(b, generator=g) < cfg.cond_dropout
+        if demos.pairs is None and cfg.kto_noise == "paired":
+            # k-th D+ and k-th D- sample of the step share sigma, noise and dropout, as the two members of a
+            # DPO pair do: their implicit rewards then differ by what the samples are, not by the noise draw
+            lab = chunk[:, 1].bool()
+            slot = torch.where(lab, torch.cumsum(lab.long(), 0) - 1, torch.cumsum((~lab).long(), 0) - 1)
+            sigma, noise, drop = sigma[slot], noise[slot], drop[slot]
         sl = torch.arange(b)[torch.arange(b) % W == R]
         chunk, sigma, noise, drop = chunk[sl], sigma[sl], noise[sl], drop[sl]
         if demos.pairs is not None:
