@@ -54,6 +54,8 @@ DEFAULT_PORT = 8765
 DEFAULT_QUESTION = "Which clip is better?"
 SCHEMA_VERSION = "dragontune-listen-1"
 MAX_BODY = 16 * 1024
+#: the vote buttons open once each clip has played to its end or for this many seconds
+MIN_LISTEN_S = 3.0
 _LISTENER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@+-]{0,63}$")
 _TRIAL_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -417,7 +419,7 @@ is better. Listener: <input id="listener" size="20" maxlength="64"> <span id="pr
     <div class="clip"><h3>A</h3><button id="play-a">Play A</button><br><audio id="audio-a" controls preload="auto"></audio></div>
     <div class="clip"><h3>B</h3><button id="play-b">Play B</button><br><audio id="audio-b" controls preload="auto"></audio></div>
   </div>
-  <p class="small" id="hint">Play both clips to vote.</p>
+  <p class="small" id="hint">Play both clips (each to its end, or for __MIN_LISTEN__ seconds) to vote.</p>
   <div><button id="vote-a" disabled>A is better</button><button id="vote-none" disabled>No preference</button>
   <button id="vote-b" disabled>B is better</button></div>
 </div>
@@ -431,6 +433,7 @@ is better. Listener: <input id="listener" size="20" maxlength="64"> <span id="pr
   var listener = localStorage.getItem(key);
   if (!listener) { listener = 'l-' + Math.random().toString(36).slice(2, 10); localStorage.setItem(key, listener); }
   el('listener').value = listener;
+  var MIN_LISTEN_S = __MIN_LISTEN__;
   var cur = null, played = {a: false, b: false}, heard = {a: 0, b: 0}, busy = false;
   function status(msg) { el('status').textContent = msg || ''; }
   function canVote() {
@@ -457,9 +460,12 @@ is better. Listener: <input id="listener" size="20" maxlength="64"> <span id="pr
   }
   ['a', 'b'].forEach(function (s) {
     var a = el('audio-' + s), other = el('audio-' + (s === 'a' ? 'b' : 'a'));
-    a.addEventListener('playing', function () { played[s] = true; other.pause(); canVote(); });
-    a.addEventListener('timeupdate', function () { heard[s] = Math.max(heard[s], a.currentTime); });
-    a.addEventListener('ended', function () { heard[s] = Math.max(heard[s], a.duration || 0); });
+    function enough() {  // heard to its end, or for MIN_LISTEN_S seconds
+      if (!played[s] && (a.ended || heard[s] >= Math.min(MIN_LISTEN_S, (a.duration || 1e9) - 0.05))) { played[s] = true; canVote(); }
+    }
+    a.addEventListener('playing', function () { other.pause(); });
+    a.addEventListener('timeupdate', function () { heard[s] = Math.max(heard[s], a.currentTime); enough(); });
+    a.addEventListener('ended', function () { heard[s] = Math.max(heard[s], a.duration || 0); enough(); });
     a.addEventListener('error', function () { status('Clip ' + s.toUpperCase() + ' could not be played.'); });
     el('play-' + s).addEventListener('click', function () {
       other.pause(); a.currentTime = 0;
@@ -491,7 +497,8 @@ is better. Listener: <input id="listener" size="20" maxlength="64"> <span id="pr
 
 
 def listening_page(question: str) -> str:
-    return _PAGE.replace("__CSS__", _CSS).replace("__QUESTION__", html.escape(question))
+    return (_PAGE.replace("__CSS__", _CSS).replace("__QUESTION__", html.escape(question))
+            .replace("__MIN_LISTEN__", f"{MIN_LISTEN_S:g}"))
 
 
 def results_page(res: dict) -> str:
