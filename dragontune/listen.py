@@ -213,8 +213,8 @@ class VoteStore:
         return _Tx(con)
 
     def next_trial(self, listener: str, question: str, rng: random.Random | None = None) -> dict | None:
-        """The listener's open trial for ``question``, else a new one for the pair with the fewest votes
-        this listener has not judged; ``None`` when every pair is done."""
+        """The listener's open trial for ``question``, else a new one for a pair this listener has not been
+        shown, among those shown least often (random order A/B); ``None`` when every pair is done."""
         rng = rng or random.SystemRandom()
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
@@ -227,7 +227,8 @@ class VoteStore:
                 todo = [p.id for p in self.clips.pairs if p.id not in seen]
                 if not todo:
                     return None
-                counts = dict(con.execute("SELECT pair, COUNT(*) FROM votes WHERE question = ? GROUP BY pair",
+                # balance over pairs shown (voted or still open), so concurrent listeners spread out
+                counts = dict(con.execute("SELECT pair, COUNT(*) FROM trials WHERE question = ? GROUP BY pair",
                                           (question,)))
                 fewest = min(counts.get(p, 0) for p in todo)
                 pair = rng.choice([p for p in todo if counts.get(p, 0) == fewest])
