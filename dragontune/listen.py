@@ -59,7 +59,7 @@ MIN_LISTEN_S = 3.0
 _LISTENER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@+-]{0,63}$")
 _TRIAL_RE = re.compile(r"^[0-9a-f]{32}$")
 
-_MAKE_CLIPS = ("They are written by `dragontune eval --model RUN/final.safetensors --out RUN/eval --n-audio 24` "
+_MAKE_CLIPS = ("They are written by `dragontune eval --model RUN/model.safetensors --out RUN/eval --n-audio 24` "
                "(baseline and fine-tuned clip per prompt, same seed; --n-audio sets how many pairs are saved) and by "
                "`dragontune demo` (runs/demo/eval).")
 
