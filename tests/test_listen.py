@@ -304,3 +304,37 @@ def test_cli_errors_are_messages(tmp_path, capsys):
     make_eval(tmp_path / "ev")
     assert main(["listen", str(tmp_path / "ev"), "--results"]) == 2
     assert "no votes yet" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_listening_test_on_a_real_evaluation(tmp_path):
+    """evaluate_models (tiny real models) -> listen over HTTP -> results and the run report's headline."""
+    from tiny import tiny_baseline, tiny_corpus
+
+    from dragontune.evaluate import evaluate_models
+    from dragontune.generate import SamplerConfig
+    from dragontune.report import write_report
+
+    corpus = tiny_corpus(tmp_path / "corpus")
+    a = tiny_baseline(tmp_path / "a.safetensors", corpus, seed=0)
+    b = tiny_baseline(tmp_path / "b.safetensors", corpus, seed=1)
+    prompts = ["a soft piano melody", "fast drums", "a slow pad", "bright bell tones"]
+    evaluate_models(a, b, prompts, ["vendi/codec"], corpus=corpus, sampler=SamplerConfig(steps=2, cfg=2.0),
+                    out_dir=tmp_path / "run" / "eval", n_boot=10, n_audio=4, cache_dir=tmp_path / "cache")
+    srv = listen.make_server(tmp_path / "run", port=0)
+    listen.start_in_thread(srv)
+    try:
+        _load_model_bytes(srv)
+        assert [p.prompt for p in srv.store.clips.pairs] == prompts
+        for who in ("ann", "ben"):
+            _vote_all(srv.url, who, lambda pid: "model" if pid != "3" else "baseline")
+        st, res, _ = request(srv.url + "api/results")
+        o = res["questions"][0]["overall"]
+        assert (o["wins"], o["losses"], o["ties"]) == (6, 2, 0)
+        assert o["p_value"] == pytest.approx(stats.binomtest(6, 8, 0.5).pvalue)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    page = write_report(tmp_path / "run").read_text()
+    head = page.split('id="headline"')[1].split("</section>")[0]
+    assert "human win rate 75.0%" in head and "8 votes" in head
