@@ -627,11 +627,18 @@ def target_row(run_dir: Path, ev: dict | None, recs: list[dict] | None = None) -
 
 
 def _moved(r: dict) -> int:
-    """+1 / -1 when the win-rate interval lies above / below 50 %, else 0."""
-    lo, hi = r.get("lo"), r.get("hi")
-    if not (_finite(lo) and _finite(hi)) or "error" in r:
+    """+1 / -1 when the reward clearly rose / fell, else 0: the win-rate interval lies above / below 50 %;
+    for a set reward (bootstrap) the percentile interval of the score difference lies above / below 0,
+    because its win-rate interval only measures resampling noise (docs/evaluation.md)."""
+    if "error" in r:
         return 0
-    return 1 if lo > 0.5 else (-1 if hi < 0.5 else 0)
+    if r.get("method") == "bootstrap":
+        lo, hi, mid = r.get("diff_lo"), r.get("diff_hi"), 0.0
+    else:
+        lo, hi, mid = r.get("lo"), r.get("hi"), 0.5
+    if not (_finite(lo) and _finite(hi)):
+        return 0
+    return 1 if lo > mid else (-1 if hi < mid else 0)
 
 
 def _wr(r: dict) -> str:
@@ -660,6 +667,7 @@ def _section_headline(run_dir: Path, recs: list[dict], eval_file: Path | None, e
     from dragontune.listen import TIE_RULE_TEXT, headline as human_line
 
     parts = ['<section id="headline"><h2>Result</h2>']
+    # "moved": interval above/below 50 % (set rewards: the score difference's interval excludes 0)
     tr = target_row(run_dir, ev, recs)
     target = _row_label(str(tr.get("name"))) if tr else _target_name(run_dir, recs)
     if tr is not None and "error" not in tr:
@@ -714,12 +722,16 @@ def _section_listening(human: dict | None) -> str:
              'prior. Per-prompt rows and the CSV: <code>dragontune listen --results RUN</code>.</p>']
     head = ("<tr><th>question / prompt</th><th>votes</th><th>fine-tuned / baseline / none</th><th>win rate</th>"
             "<th>95% interval</th><th>p</th><th>P(&gt;50%)</th></tr>")
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.1f}%" if _finite(v) else "-"
+
     for q in human["questions"]:
         body = []
         for label, r in [(q["question"], q["overall"])] + [(x["prompt"], x) for x in q["per_prompt"]]:
             body.append(f"<tr><td>{_e(label)}</td><td class=num>{r['votes']}</td><td class=num>{r['wins']} / "
-                        f"{r['losses']} / {r['ties']}</td><td class=num>{_e(_wr(r).split(' [')[0])}</td>"
-                        f"<td class=num>{_e(_wr(r)[len(_wr(r).split(' [')[0]) + 1:])}</td>"
+                        f"{r['losses']} / {r['ties']}</td><td class=num>{pct(r['win_rate'])}</td>"
+                        f"<td class=num>[{pct(r['lo'])}, {pct(r['hi'])}]</td>"
                         f"<td class=num>{r['p_value']:.3g}</td><td class=num>{r['p_better']:.3f}</td></tr>")
         parts.append(f"<table>{head}{''.join(body)}</table>")
     return "\n".join(parts)
@@ -892,7 +904,8 @@ def write_suite_report(folder: str | os.PathLike, out_path: str | os.PathLike | 
                  "Cell: win rate of that run against the baseline on that reward (green above 50%, red below; "
                  "bold when the 95% interval excludes 50%; outlined: the reward trained on). Hover for the interval "
                  "and before → after. An empty cell was not evaluated: <code>dragontune eval --model "
-                 "RUN/model.safetensors --suite default --out RUN/eval</code> fills a row.</p>")
+                 "RUN/model.safetensors --suite default --out RUN/eval</code> fills a row. Set rewards (bootstrap) "
+                 "count as moved when the interval of their score difference excludes 0.</p>")
     if columns:
         head = "<tr><th>trained on</th>" + "".join(f"<th class=small>{_e(c)}</th>" for c in columns) + "<th>report</th></tr>"
         body = []

@@ -252,7 +252,8 @@ def test_report_leads_with_the_result(tmp_path):
     # target before -> after and its win rate; the side effect that moved (vendi, interval below 50 %)
     assert "per_song_fad/codec/piano" in head and "improved" in head and "-5 → <b>-4.2</b>" in head
     assert "75.0% [53.0%, 89.0%]" in head
-    assert "▼ <code>vendi/codec</code> 30.0% [24.0%, 37.0%]" in head
+    # vendi is a set reward: its bootstrap difference interval [-0.4, 0.1] includes 0, so it has not moved
+    assert "none of the other rewards moved (1 evaluated)" in head
     assert "No listening test yet" in head and "dragontune listen" in head
     # audio pairs side by side with a spectrogram per clip
     listen_sec = page[page.index('id="listen"'):page.index("Win rates: fine-tuned")]
@@ -261,9 +262,16 @@ def test_report_leads_with_the_result(tmp_path):
     ev_path = run / "eval" / "eval.json"
     ev = json.loads(ev_path.read_text())
     ev["rewards"][0].update(win_rate=0.2, lo=0.08, hi=0.41, after=-5.9)
+    ev["rewards"][1].update(diff_lo=-0.4, diff_hi=-0.05)
     ev_path.write_text(json.dumps(ev))
     head = write_report(run).read_text().split('id="headline"')[1].split("</section>")[0]
     assert "worse" in head and "20.0% [8.0%, 41.0%]" in head
+    assert "▼ <code>vendi/codec</code> 30.0% [24.0%, 37.0%] (3 → 2.8)" in head
+    ev["rewards"][0].update(win_rate=0.55, lo=0.33, hi=0.75)
+    ev["rewards"][1].update(diff_lo=0.05, diff_hi=0.4)
+    ev_path.write_text(json.dumps(ev))
+    head = write_report(run).read_text().split('id="headline"')[1].split("</section>")[0]
+    assert "no clear change" in head and "▲ <code>vendi/codec</code>" in head
 
 
 def test_report_headline_shows_the_listening_test(tmp_path):
@@ -355,7 +363,7 @@ def test_report_headline_is_above_the_fold(tmp_path):
         png = b.screenshot()
     assert vh == 800 and 0 <= rect["top"] and rect["bottom"] <= vh, rect
     assert cfg_top > vh  # the configuration comes last, below the fold
-    assert "75.0% [53.0%, 89.0%]" in text and "vendi/codec" in text
+    assert "75.0% [53.0%, 89.0%]" in text and "Side effects" in text
     shot = tmp_path / "shot.png"
     shot.write_bytes(png)
     img = (image.imread(shot)[..., :3] * 255).round()
