@@ -194,6 +194,9 @@ class VoteStore:
                         ("schema", SCHEMA_VERSION), ("fingerprint", clips.fingerprint), ("model", clips.model),
                         ("baseline", clips.baseline), ("folder", str(clips.folder.resolve())),
                         ("pairs", json.dumps([p.id for p in clips.pairs])), ("created", _now())])
+        except sqlite3.OperationalError as e:
+            raise DataError(f"cannot open or write the listening database {self.path} ({e}); pass --db PATH in a "
+                            "writable folder") from None
         except sqlite3.DatabaseError as e:
             raise DataError(f"{self.path} is not a listening database ({e}); move it aside to start a new test "
                             "(or pass --db NEW.sqlite)") from None
@@ -206,7 +209,7 @@ class VoteStore:
                 "aside (or pass --db NEW.sqlite) to start a new test here, or point `dragontune listen` at the "
                 "folder it was made for.")
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> "_Tx":
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA foreign_keys=ON")

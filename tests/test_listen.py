@@ -104,6 +104,12 @@ def test_votes_are_stored_blind_and_survive_a_restart(server, tmp_path):
         st, res, _ = request(srv2.url + "api/results")
         o = res["questions"][0]["overall"]
         assert (o["wins"], o["losses"], o["ties"]) == (3, 1, 1)
+        st, body, h = request(srv2.url + "results.csv")
+        lines = body.decode().splitlines()
+        assert st == 200 and h["Content-Type"].startswith("text/csv") and len(lines) == 1 + 1 + 5
+        assert lines[0].startswith("question,scope,pair,prompt") and ",overall,," in lines[1]
+        st, body, _ = request(srv2.url + "results")
+        assert st == 200 and b"62.5%" in body and b"a &lt;calm&gt; &amp; &#x27;soft&#x27;" in body
     finally:
         srv2.shutdown()
         srv2.server_close()
@@ -304,6 +310,14 @@ def test_cli_errors_are_messages(tmp_path, capsys):
     make_eval(tmp_path / "ev")
     assert main(["listen", str(tmp_path / "ev"), "--results"]) == 2
     assert "no votes yet" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        assert main(["listen", str(tmp_path / "ev"), "--port", str(s.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "is already in use" in err and "--port" in err and "Traceback" not in err
+    assert main(["listen", str(tmp_path / "ev"), "--db", str(tmp_path / "no" / "such" / "dir" / "v.sqlite")]) == 2
+    assert "pass --db PATH in a writable folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow
