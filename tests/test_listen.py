@@ -109,7 +109,7 @@ def test_votes_are_stored_blind_and_survive_a_restart(server, tmp_path):
         assert st == 200 and h["Content-Type"].startswith("text/csv") and len(lines) == 1 + 1 + 5
         assert lines[0].startswith("question,scope,pair,prompt") and ",overall,," in lines[1]
         st, body, _ = request(srv2.url + "results")
-        assert st == 200 and b"62.5%" in body and b"a &lt;calm&gt; &amp; &#x27;soft&#x27;" in body
+        assert st == 200 and b"70.0%" in body and b"a &lt;calm&gt; &amp; &#x27;soft&#x27;" in body
     finally:
         srv2.shutdown()
         srv2.server_close()
