@@ -357,6 +357,10 @@ def results_csv(res: dict) -> str:
     return buf.getvalue()
 
 
+def _n(k: int, noun: str) -> str:
+    return f"{k} {noun}{'' if k == 1 else 's'}"
+
+
 def _pct(v: float) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
@@ -369,18 +373,18 @@ def headline(r: dict) -> str:
     """One line: win rate [interval], p, P(>50 %), votes."""
     return (f"human win rate {_pct(r['win_rate'])} [95% {_pct(r['lo'])}, {_pct(r['hi'])}], lower bound "
             f"{_pct(r['lo'])}, p = {_p(r['p_value'])} (two-sided binomial vs 50%), P(win rate > 50%) = "
-            f"{r['p_better']:.3f}; {r['votes']} votes: fine-tuned {r['wins']}, baseline {r['losses']}, "
+            f"{r['p_better']:.3f}; {_n(r['votes'], 'vote')}: fine-tuned {r['wins']}, baseline {r['losses']}, "
             f"no preference {r['ties']}")
 
 
 def format_results(res: dict) -> str:
-    lines = [f"listening test: model {res['model']} vs baseline {res['baseline']}; {res['n_votes']} votes on "
-             f"{res['n_pairs']} pairs ({res['database']})", f"tie rule: {TIE_RULE_TEXT[res['tie_rule']]}"]
+    lines = [f"listening test: model {res['model']} vs baseline {res['baseline']}; {_n(res['n_votes'], 'vote')} on "
+             f"{_n(res['n_pairs'], 'pair')} ({res['database']})", f"tie rule: {TIE_RULE_TEXT[res['tie_rule']]}"]
     if not res["questions"]:
         lines.append(f"no votes yet: start the test with `dragontune listen {res['folder']}`")
     for q in res["questions"]:
         o = q["overall"]
-        lines += ["", f"question: {q['question']}  ({q['listeners']} listeners)", "overall: " + headline(o), ""]
+        lines += ["", f"question: {q['question']}  ({_n(q['listeners'], 'listener')})", "overall: " + headline(o), ""]
         head = ["prompt", "seed", "votes", "FT/base/none", "win rate", "95% interval", "p", "P(>50%)"]
         rows = [head] + [[r["prompt"][:48], str(r["seed"]), str(r["votes"]), f"{r['wins']}/{r['losses']}/{r['ties']}",
                           _pct(r["win_rate"]), f"[{_pct(r['lo'])}, {_pct(r['hi'])}]", _p(r["p_value"]),
@@ -508,7 +512,7 @@ def listening_page(question: str) -> str:
 def results_page(res: dict) -> str:
     e = lambda x: html.escape(str(x), quote=True)  # noqa: E731
     parts = [f"<h1>Listening test results</h1><p class=small>model <code>{e(res['model'])}</code> vs baseline "
-             f"<code>{e(res['baseline'])}</code>; {res['n_votes']} votes on {res['n_pairs']} pairs. Win rate = share "
+             f"<code>{e(res['baseline'])}</code>; {_n(res['n_votes'], 'vote')} on {_n(res['n_pairs'], 'pair')}. Win rate = share "
              f"of votes preferring the fine-tuned clip; tie rule: {e(TIE_RULE_TEXT[res['tie_rule']])}. Interval: "
              "Wilson 95%; p: two-sided exact binomial test against 50%; P(&gt;50%): posterior probability that the "
              "win rate exceeds 50% under a uniform Beta prior. <a href=\"/results.csv\">CSV</a></p>"]
@@ -518,7 +522,7 @@ def results_page(res: dict) -> str:
             "<th>win rate</th><th>95% interval</th><th>lower bound</th><th>p</th><th>P(&gt;50%)</th></tr>")
 
     def row(r: dict, label: str, seed: Any, cls: str) -> str:
-        return (f"<tr class=\"{cls}\" data-pair=\"{e(r.get('pair', ''))}\"><td>{e(label)}</td><td>{e(seed)}</td>"
+        return (f"<tr class=\"{cls}\" data-pair=\"{e(r.get('pair', ''))}\"><td>{e(label)}</td><td class=small>{e(seed)}</td>"
                 f"<td class=num data-k=votes>{r['votes']}</td><td class=num data-k=wins>{r['wins']}</td>"
                 f"<td class=num data-k=losses>{r['losses']}</td><td class=num data-k=ties>{r['ties']}</td>"
                 f"<td class=num data-k=win_rate data-v=\"{r['win_rate']!r}\">{_pct(r['win_rate'])}</td>"
@@ -529,8 +533,8 @@ def results_page(res: dict) -> str:
 
     for q in res["questions"]:
         body = [row(q["overall"], "all prompts", "", "overall")]
-        body += [row(r, r["prompt"], r["seed"] if r["seed"] is not None else "", "prompt") for r in q["per_prompt"]]
-        parts.append(f"<h2 class=question>{e(q['question'])}</h2><p class=small>{q['listeners']} listeners</p>"
+        body += [row(r, r["prompt"], r["seed"] if r["seed"] is not None else "", "per-prompt") for r in q["per_prompt"]]
+        parts.append(f"<h2 class=question>{e(q['question'])}</h2><p class=small>{_n(q['listeners'], 'listener')}</p>"
                      f"<table data-question=\"{e(q['question'])}\">{head}{''.join(body)}</table>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Listening test results</title>"
             f"<style>{_CSS}</style></head><body>{''.join(parts)}<p class=small><a href=\"/\">Back to the test</a></p>"

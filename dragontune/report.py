@@ -687,7 +687,7 @@ def _section_headline(run_dir: Path, recs: list[dict], eval_file: Path | None, e
         parts.append(f'<p class="big">Target reward <code>{_e(target or "unknown")}</code>: {_e(what)}; {_e(why)}.</p>')
     if human:
         for q in human["questions"]:
-            parts.append(f'<p>Listeners ({_e(q["question"])}; {q["listeners"]} listeners): '
+            parts.append(f'<p>Listeners ({_e(q["question"])}; {q["listeners"]} listener{"" if q["listeners"] == 1 else "s"}): '
                          f'{_e(human_line(q["overall"]))}. Ties: {_e(TIE_RULE_TEXT[human["tie_rule"]])}.</p>')
         if not human["questions"]:
             parts.append('<p class="small">Listening test: no votes yet.</p>')

@@ -75,7 +75,7 @@ def test_listening_page_plays_votes_and_shows_results(tmp_path):
             p_ref = min(1.0, 2 * min(special.betainc(s, n - s + 1, 0.5), special.betainc(n - s, s + 1, 0.5)))
             assert float(cells["p_value"][1]) == pytest.approx(p_ref, rel=1e-9)
             assert float(cells["p_better"][1]) == pytest.approx(stats.beta.sf(0.5, 1 + s, 1 + n - s), rel=1e-9)
-            assert b.eval("document.querySelectorAll('tr.prompt').length") == 4
+            assert b.eval("document.querySelectorAll('tr.per-prompt').length") == 4
             assert b.console_errors() == []
     finally:
         srv.shutdown()
