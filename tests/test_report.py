@@ -3,9 +3,7 @@
 import base64
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -141,11 +139,9 @@ def test_report_missing_inputs_are_stated(tmp_path):
 
 
 def _chromium():
-    for c in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"),
-              shutil.which("google-chrome")):
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    return None
+    from cdp import find_chromium
+
+    return find_chromium()
 
 
 CHECK_SCRIPT = """<script>
