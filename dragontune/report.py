@@ -646,6 +646,26 @@ def _wr(r: dict) -> str:
             if _finite(r.get("win_rate")) and _finite(r.get("lo")) and _finite(r.get("hi")) else "-")
 
 
+def _is_set(r: dict) -> bool:
+    return r.get("method") == "bootstrap"
+
+
+def _diff_mean(r: dict) -> float | None:
+    m = r.get("diff_mean")
+    if _finite(m):
+        return float(m)
+    return float(r["after"]) - float(r["before"]) if _finite(r.get("after")) and _finite(r.get("before")) else None
+
+
+def _effect(r: dict) -> str:
+    """Instance rewards: win rate [Wilson interval]. Set rewards: the score difference with its paired-bootstrap
+    interval (their bootstrap win share is not a probability; docs/evaluation.md)."""
+    if _is_set(r) and _finite(r.get("diff_lo")) and _finite(r.get("diff_hi")):
+        share = f"; bootstrap win share {100 * r['win_rate']:.0f}%" if _finite(r.get("win_rate")) else ""
+        return f"difference {_num(_diff_mean(r))} [95% {_num(r['diff_lo'])}, {_num(r['diff_hi'])}]{share}"
+    return _wr(r)
+
+
 def _listening(eval_file: Path | None) -> tuple[dict | None, str | None]:
     """Results of the listening test beside the evaluation, or (None, why not)."""
     if eval_file is None:
@@ -672,12 +692,17 @@ def _section_headline(run_dir: Path, recs: list[dict], eval_file: Path | None, e
     target = _row_label(str(tr.get("name"))) if tr else _target_name(run_dir, recs)
     if tr is not None and "error" not in tr:
         d = _moved(tr)
+        unclear = "the difference's interval includes 0" if _is_set(tr) else "the interval includes 50%"
         verdict = {1: '<b class="up">improved</b>', -1: '<b class="down">worse</b>',
-                   0: "<b>no clear change</b> (the interval includes 50%)"}[d]
+                   0: f"<b>no clear change</b> ({unclear})"}[d]
+        if _is_set(tr):
+            how = (f'set score {_e(_effect(tr))} (paired bootstrap over {_e(tr.get("n", "-"))} prompts, '
+                   f'{_e(tr.get("n_clips", tr.get("n", "-")))} clips per model)')
+        else:
+            how = f'win rate <b>{_e(_wr(tr))}</b> over {_e(tr.get("n", "-"))} prompts vs the baseline'
         parts.append(
             f'<p class="big">Target reward <code>{_e(target)}</code>: {verdict}; held-out '
-            f'{_num(tr.get("before"))} → <b>{_num(tr.get("after"))}</b> (higher is better), win rate '
-            f'<b>{_e(_wr(tr))}</b> over {_e(tr.get("n", "-"))} prompts vs the baseline.</p>')
+            f'{_num(tr.get("before"))} → <b>{_num(tr.get("after"))}</b> (higher is better), {how}.</p>')
     else:
         xs, ys = _series(recs, f"eval/{target}") if target else ([], [])
         what = (f"held-out eval/{target} {_num(ys[0])} (round {xs[0]}) → {_num(ys[-1])} (round {xs[-1]})"
@@ -700,7 +725,7 @@ def _section_headline(run_dir: Path, recs: list[dict], eval_file: Path | None, e
     if others:
         moved = [r for r in others if _moved(r)]
         items = [f'<span class="{"up" if _moved(r) > 0 else "down"}">{"▲" if _moved(r) > 0 else "▼"} '
-                 f'<code>{_e(_row_label(str(r.get("name"))))}</code> {_e(_wr(r))} ({_num(r.get("before"))} → '
+                 f'<code>{_e(_row_label(str(r.get("name"))))}</code> {_e(_effect(r))} ({_num(r.get("before"))} → '
                  f'{_num(r.get("after"))})</span>' for r in moved]
         rest = len(others) - len(moved)
         parts.append("<p>Side effects: " + ("; ".join(items) if items else "none of the other rewards moved")
@@ -894,18 +919,22 @@ def write_suite_report(folder: str | os.PathLike, out_path: str | os.PathLike | 
     parts += [_missing(p) for p in problems]
     parts.append("<h2>Win rate of every reward (trained on itself)</h2>")
     if scored:
-        fig = _fig_radar([e["label"] for e in scored], [e["target"]["win_rate"] for e in scored])
+        fig = _fig_radar([e["label"] + (" *" if _is_set(e["target"]) else "") for e in scored],
+                         [e["target"]["win_rate"] for e in scored])
         parts.append(_img(_png(fig), "win rate per reward (radar)",
                           "Win rate of each run against the baseline on the reward it was trained on (held-out "
-                          "prompts, same seeds); dashed: 50%. As the paper's Fig. 1b."))
+                          "prompts, same seeds); dashed: 50%. As the paper's Fig. 1b. * set reward: the bootstrap "
+                          "win share (share of paired resamples of the prompts in which the fine-tuned set scores "
+                          "higher), not a share of prompts."))
     else:
         parts.append(_missing("No run has an evaluation of its target reward yet (eval/eval.json)."))
     parts.append("<h2>Side effects</h2><p class=small>Rows: reward trained on; columns: every reward evaluated. "
                  "Cell: win rate of that run against the baseline on that reward (green above 50%, red below; "
-                 "bold when the 95% interval excludes 50%; outlined: the reward trained on). Hover for the interval "
+                 "bold when the 95% interval excludes 50%; outlined: the reward trained on); for a set reward, Δ = "
+                 "the set score difference (fine-tuned − baseline), bold and coloured when its paired-bootstrap 95% "
+                 "interval excludes 0. Hover for the interval "
                  "and before → after. An empty cell was not evaluated: <code>dragontune eval --model "
-                 "RUN/model.safetensors --suite default --out RUN/eval</code> fills a row. Set rewards (bootstrap) "
-                 "count as moved when the interval of their score difference excludes 0.</p>")
+                 "RUN/model.safetensors --suite default --out RUN/eval</code> fills a row.</p>")
     if columns:
         head = "<tr><th>trained on</th>" + "".join(f"<th class=small>{_e(c)}</th>" for c in columns) + "<th>report</th></tr>"
         body = []
@@ -914,14 +943,20 @@ def write_suite_report(folder: str | os.PathLike, out_path: str | os.PathLike | 
             for c in columns:
                 r = e["cells"].get(c)
                 cls = "cell" + (" diag" if c == e["label"] else "")
-                if r is None or not _finite(r.get("win_rate")):
+                dm = _diff_mean(r) if r is not None and _is_set(r) else None
+                if r is None or (not _finite(r.get("win_rate")) and dm is None):
                     tip = r.get("error", "not evaluated") if r else "not evaluated"
                     tds.append(f'<td class="{cls}" title="{_e(tip)}">{"err" if r else ""}</td>')
                     continue
                 cls += " sig" if _moved(r) else ""
-                tip = f"{_wr(r)}; {_num(r.get('before'))} → {_num(r.get('after'))}"
-                tds.append(f'<td class="{cls}" style="background:{_cell_colour(r["win_rate"])}" title="{_e(tip)}" '
-                           f'data-reward="{_e(c)}">{100 * r["win_rate"]:.0f}%</td>')
+                tip = f"{_effect(r)}; {_num(r.get('before'))} → {_num(r.get('after'))}"
+                if dm is not None:  # a set reward: the score difference, coloured by its interval
+                    colour = _cell_colour(0.5 + 0.3 * _moved(r))
+                    text = f"Δ{dm:+.2g}"
+                else:
+                    colour, text = _cell_colour(r["win_rate"]), f"{100 * r['win_rate']:.0f}%"
+                tds.append(f'<td class="{cls}" style="background:{colour}" title="{_e(tip)}" '
+                           f'data-reward="{_e(c)}">{_e(text)}</td>')
             link = f'<a href="{_e(e["link"])}">report</a>' if e["link"] else "-"
             body.append(f'<tr data-run="{_e(e["run"].name)}"><td>{_e(e["label"])}</td>{"".join(tds)}<td>{link}</td></tr>')
         parts.append(f'<table class="matrix">{head}{"".join(body)}</table>')

@@ -70,8 +70,8 @@ def make_run(root, rounds=6, with_eval=True, with_demos=True):
                  "win_rate": 0.75, "lo": 0.53, "hi": 0.89, "n": 20, "ties": 0, "nan_dropped": 0,
                  "before": -5.0, "after": -4.2},
                 {"name": "vendi/codec", "reward_class": "dist_to_dist", "method": "bootstrap", "win_rate": 0.3,
-                 "lo": 0.24, "hi": 0.37, "n": 20, "n_boot": 200, "diff_lo": -0.4, "diff_hi": 0.1,
-                 "before": 3.0, "after": 2.8},
+                 "win_rate_kind": "bootstrap win share", "lo": None, "hi": None, "n": 20, "n_clips": 20,
+                 "n_boot": 200, "diff_lo": -0.4, "diff_hi": 0.1, "diff_mean": -0.2, "before": 3.0, "after": 2.8},
                 {"name": "clap_score", "reward_class": "instance", "error": "RewardError: boom"},
             ],
             "skipped": [{"name": "aesthetics", "reason": "RewardError: not available"}],
@@ -262,7 +262,7 @@ def test_report_leads_with_the_result(tmp_path):
     ev_path.write_text(json.dumps(ev))
     head = write_report(run).read_text().split('id="headline"')[1].split("</section>")[0]
     assert "worse" in head and "20.0% [8.0%, 41.0%]" in head
-    assert "▼ <code>vendi/codec</code> 30.0% [24.0%, 37.0%] (3 → 2.8)" in head
+    assert "▼ <code>vendi/codec</code> difference -0.2 [95% -0.4, -0.05]; bootstrap win share 30% (3 → 2.8)" in head
     ev["rewards"][0].update(win_rate=0.55, lo=0.33, hi=0.75)
     ev["rewards"][1].update(diff_lo=0.05, diff_hi=0.4)
     ev_path.write_text(json.dumps(ev))
@@ -302,8 +302,13 @@ def _suite(root):
         (run / "config.yaml").write_text(f"reward: {json.dumps(specs[rname])}\nrounds: 2\n")
         ev = json.loads((run / "eval" / "eval.json").read_text())
         ev["rewards"] = [{"name": n, "reward": specs[n]["name"], "spec": specs[n], "reward_class": "instance",
-                          "win_rate": w, "lo": w - 0.12, "hi": w + 0.12, "n": 20, "before": 1.0, "after": 1.0 + w}
-                         for n, w in zip(names, wrs)]
+                          "method": "instance", "win_rate": w, "lo": w - 0.12, "hi": w + 0.12, "n": 20,
+                          "before": 1.0, "after": 1.0 + w} for n, w in zip(names, wrs)]
+        for r in ev["rewards"]:  # vendi is a set reward: bootstrap win share and the difference's interval
+            if r["name"] == "vendi/codec":
+                w = r["win_rate"]
+                r.update(reward_class="dist_to_dist", method="bootstrap", lo=None, hi=None, n_clips=20,
+                         diff_mean=w - 0.5, diff_lo=w - 0.7, diff_hi=w - 0.3, after=1.0 + w - 0.5)
         (run / "eval" / "eval.json").write_text(json.dumps(ev))
     return names, table
 
@@ -322,13 +327,20 @@ def test_suite_report(tmp_path):
     assert [r for r, _ in rows] == [n.replace("/", "_") for n in order]
     for run_name, cells in rows:
         trained = next(n for n in names if n.replace("/", "_") == run_name)
-        got = dict(re.findall(r'data-reward="([^"]+)">(\d+)%</td>', cells))
-        assert got == {n: f"{100 * w:.0f}" for n, w in zip(names, table[trained])}
+        got = dict(re.findall(r'data-reward="([^"]+)">([^<]+)</td>', cells))
+        want = {n: f"{100 * w:.0f}%" for n, w in zip(names, table[trained])}
+        want["vendi/codec"] = f"Δ{table[trained][1] - 0.5:+.2g}"
+        assert got == want
         diag = re.findall(r'class="cell diag[^"]*"[^>]*data-reward="([^"]+)"', cells)
         assert diag == [trained]
         assert f'href="{run_name}/report.html"' in cells
         assert (tmp_path / "suite" / run_name / "report.html").is_file()
     assert re.findall(r"<th class=small>([^<]+)</th>", page) == order
+    # vendi trained on itself: difference [0.2, 0.6] excludes 0 (bold); the fad run's vendi [-0.2, 0.2] does not
+    assert re.search(r'class="cell diag sig"[^>]*data-reward="vendi/codec">Δ\+0.4<', page)
+    assert re.search(r'class="cell"[^>]*title="difference 0 \[95% -0.2, 0.2\]', page)
+    vendi_run = (tmp_path / "suite" / "vendi_codec" / "report.html").read_text()
+    assert "set score difference 0.4 [95% 0.2, 0.6]" in vendi_run.split("</section>")[0]
     for attr in re.findall(r'(?:src|href)="([^"]*)"', page):
         assert attr.startswith("data:") or attr.endswith("/report.html"), attr[:80]
     from dragontune.errors import DataError
