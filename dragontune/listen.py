@@ -302,7 +302,8 @@ def open_store(path: str | os.PathLike, db: str | os.PathLike | None = None, cre
 
 
 def listening_results(store: VoteStore, tie_rule: str = "half") -> dict:
-    """Per question: the overall statistics and one row per pair (prompt), from every vote in ``store``."""
+    """Per question: the overall statistics and one row per prompt (all its pairs: one per seed), from every
+    vote in ``store``."""
     if tie_rule not in TIE_RULES:
         raise ConfigError(f"tie rule {tie_rule!r} must be one of {', '.join(TIE_RULES)}")
     votes = store.votes()
@@ -316,11 +317,16 @@ def listening_results(store: VoteStore, tie_rule: str = "half") -> dict:
                     "losses": sum(v["preferred"] == "baseline" for v in vs),
                     "ties": sum(v["preferred"] == "tie" for v in vs)}
 
-        per = []
-        for p in store.clips.pairs:
-            vp = [v for v in vq if v["pair"] == p.id]
-            per.append({"pair": p.id, "prompt": p.prompt, "seed": p.seed, **preference_stats(**count(vp),
-                                                                                          tie_rule=tie_rule)})
+        per = []  # one row per prompt (an evaluation with several seeds per prompt has several pairs for it)
+        for prompt in dict.fromkeys(p.prompt for p in store.clips.pairs):
+            pp = [p for p in store.clips.pairs if p.prompt == prompt]
+            ids = {p.id for p in pp}
+            vp = [v for v in vq if v["pair"] in ids]
+            seeds = [p.seed for p in pp]
+            per.append({"prompt": prompt, "pairs": [p.id for p in pp], "seeds": seeds,
+                        "pair": ";".join(p.id for p in pp),
+                        "seed": seeds[0] if len(seeds) == 1 else ";".join(str(x) for x in seeds),
+                        **preference_stats(**count(vp), tie_rule=tie_rule)})
         out.append({"question": q, "listeners": len({v["listener"] for v in vq}),
                     "overall": preference_stats(**count(vq), tie_rule=tie_rule), "per_prompt": per})
     return {"model": store.clips.model, "baseline": store.clips.baseline, "folder": str(store.clips.folder),

@@ -352,3 +352,20 @@ def test_listening_test_on_a_real_evaluation(tmp_path):
     page = write_report(tmp_path / "run").read_text()
     head = page.split('id="headline"')[1].split("</section>")[0]
     assert "human win rate 75.0%" in head and "8 votes" in head
+
+
+def test_per_prompt_rows_pool_the_seeds_of_a_prompt(tmp_path):
+    folder = make_eval(tmp_path / "ev", n_pairs=4)
+    idx = json.loads((folder / "audio" / "index.json").read_text())
+    for k, p in enumerate(idx["pairs"]):  # two seeds for each of two prompts (evaluate --seeds-per-prompt 2)
+        p["prompt"] = ["first prompt", "second prompt"][k // 2]
+    (folder / "audio" / "index.json").write_text(json.dumps(idx))
+    store = listen.open_store(folder)
+    for who in ("a", "b"):
+        while (t := store.next_trial(who, "q")) is not None:
+            want = "model" if t["pair"] in ("0", "2") else "baseline"
+            store.record_vote(store.trial(t["trial"]), "A" if t["a_is"] == want else "B", None, None)
+    per = listen.listening_results(store)["questions"][0]["per_prompt"]
+    assert [(r["prompt"], r["pairs"], r["seeds"], r["votes"], r["wins"]) for r in per] == [
+        ("first prompt", ["0", "2"], [100, 101], 4, 4), ("second prompt", ["4", "6"], [102, 103], 4, 0)]
+    assert per[0]["pair"] == "0;2" and per[0]["seed"] == "100;101"
