@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
-	  echo "chromium not installed: the report's browser test will skip"
+	  echo "chromium not installed: the browser tests (report, listening page) will skip"
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)

@@ -223,7 +223,7 @@ def cmd_eval(args) -> int:
                           seeds_per_prompt=args.seeds_per_prompt,
                           sampler=SamplerConfig(steps=args.steps, cfg=args.cfg), device=args.device,
                           out_dir=args.out, corpus=args.corpus, skip_unavailable=args.skip_unavailable,
-                          generation_cache=args.generation_cache)
+                          generation_cache=args.generation_cache, n_audio=args.n_audio)
     print(format_eval_table(res))
     print(f"wrote {args.out}/eval.json and eval.md")
     return 0
@@ -233,6 +233,22 @@ def cmd_report(args) -> int:
     from dragontune.report import write_report
 
     print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_listen(args) -> int:
+    from dragontune import listen
+
+    if args.results:
+        store = listen.open_store(args.dir, args.db, create=False)
+        res = listen.listening_results(store, args.ties)
+        print(listen.format_results(res))
+        out = Path(args.csv) if args.csv else store.path.with_name(store.path.stem + "-results.csv")
+        print(f"wrote {listen.write_results_csv(res, out)}")
+        return 0
+    if args.csv:
+        raise DragontuneError("--csv goes with --results (the server offers the CSV at /results.csv)")
+    listen.serve(args.dir, port=args.port, host=args.host, question=args.question, db=args.db, tie_rule=args.ties)
     return 0
 
 
@@ -337,12 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder that keeps generated latents (the baseline is then generated once)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--skip-unavailable", action="store_true")
+    ev.add_argument("--n-audio", type=int, default=4,
+                    help="baseline/fine-tuned clip pairs saved under OUT/audio (for the report and `dragontune listen`)")
     ev.add_argument("--out", default="runs/eval")
     ev.set_defaults(fn=cmd_eval)
 
-    rp = sub.add_parser("report", help="write RUN_DIR/report.html")
-    rp.add_argument("run_dir")
+    rp = sub.add_parser("report", help="write RUN_DIR/report.html (on a suite folder: the suite page and each run's)")
+    rp.add_argument("run_dir", help="a run directory, or a folder of run directories (experiments/suite.py --out)")
     rp.set_defaults(fn=cmd_report)
+
+    li = sub.add_parser("listen", help="blind A/B listening test of an evaluation's clip pairs (votes in SQLite)")
+    li.add_argument("dir", help="a run directory (its eval/ folder) or an evaluation folder (--out of `dragontune eval`)")
+    li.add_argument("--port", type=int, default=8765, help="0: any free port")
+    li.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (this machine only) or 0.0.0.0 (the network)")
+    li.add_argument("--question", default="Which clip is better?",
+                    help='the question asked, e.g. "Which has better music quality?" (votes are kept per question)')
+    li.add_argument("--db", default=None, help="the votes database (default DIR/eval/listen.sqlite)")
+    li.add_argument("--ties", choices=["half", "drop"], default="half",
+                    help="no-preference votes count one half (default) or are left out")
+    li.add_argument("--results", action="store_true", help="print the results (and write a CSV) instead of serving")
+    li.add_argument("--csv", default=None, help="with --results: CSV path (default next to the database)")
+    li.set_defaults(fn=cmd_listen)
 
     sm = sub.add_parser("sample", help="generate audio from a checkpoint")
     sm.add_argument("--checkpoint", default=None, help="model .safetensors (default: the committed baseline)")

@@ -1,10 +1,22 @@
-"""One self-contained HTML page for a DRAGON run directory: ``write_report(run_dir) -> run_dir/report.html``.
+"""One self-contained HTML page for a DRAGON run directory: ``write_report(run_dir) -> run_dir/report.html``,
+and one page for a suite of runs (a folder of run directories): :func:`write_suite_report`.
 
-The page embeds everything (figures as base64 PNG, audio as base64 WAV data URIs, inline CSS, no script,
-no external URL). Sections: configuration, reward curves (target, watch list, held-out ``eval/*``), win
-rates (``eval.json`` from :func:`dragontune.evaluate.evaluate_models`), D+/D- statistics (``metrics.jsonl``
-``train/*`` and ``demo/*`` and the ``demos/round-*.jsonl`` files), and baseline vs fine-tuned audio for
-several prompts (same seed). A missing or unreadable input is reported on the page instead of failing.
+The run page embeds everything (figures as base64 PNG, audio as base64 WAV data URIs, inline CSS, no script,
+no external URL) and leads with the result:
+
+1. a **headline**: the target reward before -> after on held-out prompts, its win rate with the 95 %
+   interval, the human win rate when a listening test (``dragontune listen``) has votes, and the other
+   rewards whose win-rate interval excludes 50 % (the side effects);
+2. **audio pairs** side by side (baseline | fine-tuned, same prompt and seed) with their spectrograms;
+3. the full win-rate table and the listening-test table;
+4. reward curves (target, watch list, held-out ``eval/*``);
+5. D+/D- statistics (``metrics.jsonl`` ``train/*`` and ``demo/*`` and the ``demos/round-*.jsonl`` files);
+6. the configuration, last.
+
+Inputs: ``config.yaml``, ``batch_arithmetic.json``, ``metrics.jsonl``, ``demos/``, and the evaluation
+(``eval.json`` from :func:`dragontune.evaluate.evaluate_models`, its ``audio/index.json`` and the
+listening database ``listen.sqlite`` beside it). A missing or unreadable input is reported on the page
+instead of failing.
 """
 
 from __future__ import annotations
@@ -40,6 +52,13 @@ th{background:#f4f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .pair{display:flex;gap:1.5em;flex-wrap:wrap;margin:.4em 0 1.2em 0}.pair div{min-width:300px}
 figure{margin:1em 0}img{max-width:100%}pre{background:#f7f7f9;padding:.8em;overflow:auto;font-size:.85em}
 .small{color:#666;font-size:.88em}
+#headline{background:#eef3fb;border:1px solid #c9d8f0;border-radius:8px;padding:.7em 1.1em;margin:1em 0}
+#headline h2{border:0;margin:.1em 0 .3em 0;font-size:1.25em}#headline p{margin:.35em 0}
+#headline .big{font-size:1.15em}.up{color:#17663a}.down{color:#a3241c}
+.pairs{border-collapse:collapse}.pairs td{border:0;padding:.3em .8em .8em 0;vertical-align:top}
+.pairs img{width:440px;max-width:100%;display:block}
+.matrix td.cell{text-align:center;font-variant-numeric:tabular-nums;min-width:3.2em}
+.matrix td.diag{outline:2px solid #333;outline-offset:-2px}.matrix td.sig{font-weight:bold}
 """
 
 
@@ -479,38 +498,289 @@ def _audio_tag(path: Path) -> tuple[str | None, str | None]:
     return f'<audio controls preload="metadata" src="data:{mime};base64,{b64}"></audio>', None
 
 
-def _section_audio(eval_file: Path | None, ev: dict | None, max_pairs: int) -> str:
-    parts = ["<h2>Listen: baseline vs fine-tuned (same prompt, same seed)</h2>"]
+def _spectrogram_png(clips: list[tuple[Any, int]]) -> list[str]:
+    """Log-magnitude spectrograms (dB) of clips of one pair, on one shared colour scale so they compare."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    n_fft, hop = 512, 128
+    specs = []
+    for x, sr in clips:
+        x = np.asarray(x, dtype=np.float64)
+        x = x.mean(axis=1) if x.ndim == 2 else x
+        if x.shape[0] < n_fft:
+            x = np.pad(x, (0, n_fft - x.shape[0]))
+        frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
+        mag = np.abs(np.fft.rfft(frames, axis=1)).T
+        specs.append((20 * np.log10(mag + 1e-6), sr, x.shape[0] / sr))
+    top = max(float(sp.max()) for sp, _, _ in specs)
+    out = []
+    for sp, sr, dur in specs:
+        fig = Figure(figsize=(4.6, 1.7))
+        ax = fig.add_subplot(1, 1, 1)
+        ax.imshow(sp, origin="lower", aspect="auto", cmap="magma", vmin=top - 80, vmax=top,
+                  extent=(0, dur, 0, sr / 2000))
+        ax.set_xlabel("s", fontsize=7, labelpad=1)
+        ax.set_ylabel("kHz", fontsize=7, labelpad=1)
+        ax.tick_params(labelsize=6)
+        out.append(_png(fig))
+    return out
+
+
+def _read_pairs(eval_file: Path | None, ev: dict | None) -> tuple[list[dict] | None, str | None]:
+    """The audio pairs of an evaluation and a problem, if any."""
     if ev is None or eval_file is None:
-        parts.append(_missing("No audio examples: they are written with the evaluation (audio/index.json next to "
-                              "eval.json)."))
-        return "\n".join(parts)
+        return None, ("No audio examples: they are written with the evaluation (audio/index.json next to "
+                      "eval.json).")
     base = eval_file.parent
     index = (ev.get("audio") or {}).get("index")
-    pairs = None
     if index and (base / index).is_file():
         try:
-            pairs = json.loads((base / index).read_text(encoding="utf-8")).get("pairs")
+            return json.loads((base / index).read_text(encoding="utf-8")).get("pairs"), None
         except json.JSONDecodeError as e:
-            parts.append(_missing(f"{base / index} is not valid JSON ({e})."))
-    if pairs is None:
-        pairs = (ev.get("audio") or {}).get("pairs")
-    if not pairs:
-        parts.append(_missing(f"No audio pairs listed by {eval_file.name} (audio/index.json missing or empty)."))
+            problem = f"{base / index} is not valid JSON ({e})."
+            return (ev.get("audio") or {}).get("pairs"), problem
+    return (ev.get("audio") or {}).get("pairs"), None
+
+
+def _section_audio(eval_file: Path | None, ev: dict | None, max_pairs: int) -> str:
+    import soundfile as sf
+
+    parts = ["<h2 id=\"listen\">Listen: baseline | fine-tuned (same prompt, same seed)</h2>"]
+    pairs, problem = _read_pairs(eval_file, ev)
+    if problem:
+        parts.append(_missing(problem))
+    if ev is None or eval_file is None:
         return "\n".join(parts)
+    if not pairs:
+        parts.append(_missing(f"No audio pairs listed by {eval_file.name} (audio/index.json missing or empty): "
+                              "`dragontune eval ... --n-audio N` saves N pairs."))
+        return "\n".join(parts)
+    base = eval_file.parent
+    rows = []
     for p in pairs[:max_pairs]:
-        cells = []
+        cells, clips = [], []
         for key, label in (("baseline", "baseline"), ("model", "fine-tuned")):
-            tag, problem = _audio_tag(base / str(p.get(key, "")))
-            cells.append(f"<div><b>{label}</b><br>{tag if tag else _missing(problem or 'missing')}</div>")
-        parts.append(f'<h3>{_e(p.get("prompt", ""))}</h3><p class="small">seed {_e(p.get("seed"))}</p>'
-                     f'<div class="pair">{"".join(cells)}</div>')
+            path = base / str(p.get(key, ""))
+            tag, problem = _audio_tag(path)
+            if tag:
+                try:
+                    x, sr = sf.read(str(path), dtype="float32")
+                    clips.append((x, sr))
+                except Exception as e:  # soundfile raises several types
+                    tag, problem = None, f"{path.name} is not readable audio ({e})"
+            cells.append((label, tag, problem))
+        imgs = _spectrogram_png(clips) if len(clips) == 2 else [None, None]
+        tds = "".join(
+            f"<td><b>{label}</b><br>{tag if tag else _missing(problem or 'missing')}"
+            + (f'<img alt="spectrogram, {label}" src="data:image/png;base64,{img}">' if img else "") + "</td>"
+            for (label, tag, problem), img in zip(cells, imgs))
+        rows.append(f'<tr><td colspan=2><h3>{_e(p.get("prompt", ""))}</h3><span class="small">seed '
+                    f'{_e(p.get("seed"))}</span></td></tr><tr>{tds}</tr>')
+    parts.append('<p class="small">Spectrograms: log magnitude (dB), 80 dB range, one colour scale per pair. '
+                 'A blind A/B test of these pairs: <code>dragontune listen RUN</code>.</p>')
+    parts.append(f'<table class="pairs">{"".join(rows)}</table>')
     if len(pairs) > max_pairs:
         parts.append(f'<p class="small">{len(pairs) - max_pairs} more pairs in {_e(base / "audio")}.</p>')
     return "\n".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the headline
+
+
+def _config(run_dir: Path) -> dict:
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _row_label(name: str) -> str:
+    return name[: -len(" (target)")] if name.endswith(" (target)") else name
+
+
+def target_row(run_dir: Path, ev: dict | None, recs: list[dict] | None = None) -> dict | None:
+    """The evaluation row of the reward the run was trained on: the row whose spec is the run's reward spec,
+    else one marked "(target)", else the one row named after the target reward (or after the run folder)."""
+    rows = [r for r in (ev or {}).get("rewards", []) if isinstance(r, dict)]
+    if not rows:
+        return None
+    spec = _config(run_dir).get("reward")
+    hit = [r for r in rows if spec is not None and r.get("spec") == spec]
+    if len(hit) == 1:
+        return hit[0]
+    hit = [r for r in rows if str(r.get("name", "")).endswith("(target)")]
+    if len(hit) == 1:
+        return hit[0]
+    name = _target_name(run_dir, recs or [])
+    hit = [r for r in rows if name and (r.get("reward") == name or str(r.get("name", "")).split("/")[0] == name)]
+    if len(hit) == 1:
+        return hit[0]
+    hit = [r for r in rows if str(r.get("name", "")).replace("/", "_") == run_dir.name]
+    if len(hit) == 1:
+        return hit[0]
+    return rows[0] if len(rows) == 1 else None
+
+
+def _moved(r: dict) -> int:
+    """+1 / -1 when the reward clearly rose / fell, else 0: the win-rate interval lies above / below 50 %;
+    for a set reward (bootstrap) the percentile interval of the score difference lies above / below 0,
+    because its win-rate interval only measures resampling noise (docs/evaluation.md)."""
+    if "error" in r:
+        return 0
+    if r.get("method") == "bootstrap":
+        lo, hi, mid = r.get("diff_lo"), r.get("diff_hi"), 0.0
+    else:
+        lo, hi, mid = r.get("lo"), r.get("hi"), 0.5
+    if not (_finite(lo) and _finite(hi)):
+        return 0
+    return 1 if lo > mid else (-1 if hi < mid else 0)
+
+
+def _wr(r: dict) -> str:
+    return (f"{100 * r['win_rate']:.1f}% [{100 * r['lo']:.1f}%, {100 * r['hi']:.1f}%]"
+            if _finite(r.get("win_rate")) and _finite(r.get("lo")) and _finite(r.get("hi")) else "-")
+
+
+def _is_set(r: dict) -> bool:
+    return r.get("method") == "bootstrap"
+
+
+def _diff_mean(r: dict) -> float | None:
+    m = r.get("diff_mean")
+    if _finite(m):
+        return float(m)
+    return float(r["after"]) - float(r["before"]) if _finite(r.get("after")) and _finite(r.get("before")) else None
+
+
+def _effect(r: dict) -> str:
+    """Instance rewards: win rate [Wilson interval]. Set rewards: the score difference with its paired-bootstrap
+    interval (their bootstrap win share is not a probability; docs/evaluation.md)."""
+    if _is_set(r) and _finite(r.get("diff_lo")) and _finite(r.get("diff_hi")):
+        share = f"; bootstrap win share {100 * r['win_rate']:.0f}%" if _finite(r.get("win_rate")) else ""
+        return f"difference {_num(_diff_mean(r))} [95% {_num(r['diff_lo'])}, {_num(r['diff_hi'])}]{share}"
+    return _wr(r)
+
+
+def _listening(eval_file: Path | None) -> tuple[dict | None, str | None]:
+    """Results of the listening test beside the evaluation, or (None, why not)."""
+    if eval_file is None:
+        return None, None
+    db = eval_file.parent / "listen.sqlite"
+    if not db.is_file():
+        return None, None
+    from dragontune.errors import DragontuneError
+    from dragontune.listen import listening_results, open_store
+
+    try:
+        return listening_results(open_store(eval_file.parent, create=False)), None
+    except DragontuneError as e:
+        return None, str(e)
+
+
+def _section_headline(run_dir: Path, recs: list[dict], eval_file: Path | None, ev: dict | None,
+                      human: dict | None, human_problem: str | None) -> str:
+    from dragontune.listen import TIE_RULE_TEXT, headline as human_line
+
+    parts = ['<section id="headline"><h2>Result</h2>']
+    # "moved": interval above/below 50 % (set rewards: the score difference's interval excludes 0)
+    tr = target_row(run_dir, ev, recs)
+    target = _row_label(str(tr.get("name"))) if tr else _target_name(run_dir, recs)
+    if tr is not None and "error" not in tr:
+        d = _moved(tr)
+        unclear = "the difference's interval includes 0" if _is_set(tr) else "the interval includes 50%"
+        verdict = {1: '<b class="up">improved</b>', -1: '<b class="down">worse</b>',
+                   0: f"<b>no clear change</b> ({unclear})"}[d]
+        if _is_set(tr):
+            how = (f'set score {_e(_effect(tr))} (paired bootstrap over {_e(tr.get("n", "-"))} prompts, '
+                   f'{_e(tr.get("n_clips", tr.get("n", "-")))} clips per model)')
+        else:
+            how = f'win rate <b>{_e(_wr(tr))}</b> over {_e(tr.get("n", "-"))} prompts vs the baseline'
+        parts.append(
+            f'<p class="big">Target reward <code>{_e(target)}</code>: {verdict}; held-out '
+            f'{_num(tr.get("before"))} → <b>{_num(tr.get("after"))}</b> (higher is better), {how}.</p>')
+    else:
+        xs, ys = _series(recs, f"eval/{target}") if target else ([], [])
+        what = (f"held-out eval/{target} {_num(ys[0])} (round {xs[0]}) → {_num(ys[-1])} (round {xs[-1]})"
+                if len(xs) >= 2 else "no held-out values yet")
+        why = (f"{eval_file.name} has no row for it" if ev is not None else "no evaluation yet: "
+               f"`dragontune eval --model {run_dir / 'model.safetensors'} --out {run_dir / 'eval'}` adds win rates")
+        parts.append(f'<p class="big">Target reward <code>{_e(target or "unknown")}</code>: {_e(what)}; {_e(why)}.</p>')
+    if human:
+        for q in human["questions"]:
+            parts.append(f'<p>Listeners ({_e(q["question"])}; {q["listeners"]} listener{"" if q["listeners"] == 1 else "s"}): '
+                         f'{_e(human_line(q["overall"]))}. Ties: {_e(TIE_RULE_TEXT[human["tie_rule"]])}.</p>')
+        if not human["questions"]:
+            parts.append('<p class="small">Listening test: no votes yet.</p>')
+    elif human_problem:
+        parts.append(_missing(f"Listening test not read: {human_problem}"))
+    elif ev is not None:
+        parts.append(f'<p class="small">No listening test yet: <code>dragontune listen {_e(run_dir)}</code> '
+                     'runs a blind A/B test of the audio pairs below.</p>')
+    others = [r for r in (ev or {}).get("rewards", []) if r is not tr and "error" not in r]
+    if others:
+        moved = [r for r in others if _moved(r)]
+        items = [f'<span class="{"up" if _moved(r) > 0 else "down"}">{"▲" if _moved(r) > 0 else "▼"} '
+                 f'<code>{_e(_row_label(str(r.get("name"))))}</code> {_e(_effect(r))} ({_num(r.get("before"))} → '
+                 f'{_num(r.get("after"))})</span>' for r in moved]
+        rest = len(others) - len(moved)
+        parts.append("<p>Side effects: " + ("; ".join(items) if items else "none of the other rewards moved")
+                     + (f"; {rest} other reward{'s' if rest != 1 else ''} unchanged (interval includes 50%)"
+                        if rest and items else (f" ({rest} evaluated)" if rest else "")) + ".</p>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _section_listening(human: dict | None) -> str:
+    if not human or not human["questions"]:
+        return ""
+    from dragontune.listen import TIE_RULE_TEXT
+
+    parts = ["<h2>Listening test</h2>",
+             f'<p class="small">{human["n_votes"]} votes on {human["n_pairs"]} pairs ({_e(human["database"])}). '
+             f'Win rate: share of votes preferring the fine-tuned clip; ties: {_e(TIE_RULE_TEXT[human["tie_rule"]])}; '
+             'Wilson 95% interval; p: two-sided binomial test against 50%; P(&gt;50%): Beta posterior, uniform '
+             'prior. Per-prompt rows and the CSV: <code>dragontune listen --results RUN</code>.</p>']
+    head = ("<tr><th>question / prompt</th><th>votes</th><th>fine-tuned / baseline / none</th><th>win rate</th>"
+            "<th>95% interval</th><th>p</th><th>P(&gt;50%)</th></tr>")
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.1f}%" if _finite(v) else "-"
+
+    for q in human["questions"]:
+        body = []
+        for label, r in [(q["question"], q["overall"])] + [(x["prompt"], x) for x in q["per_prompt"]]:
+            body.append(f"<tr><td>{_e(label)}</td><td class=num>{r['votes']}</td><td class=num>{r['wins']} / "
+                        f"{r['losses']} / {r['ties']}</td><td class=num>{pct(r['win_rate'])}</td>"
+                        f"<td class=num>[{pct(r['lo'])}, {pct(r['hi'])}]</td>"
+                        f"<td class=num>{r['p_value']:.3g}</td><td class=num>{r['p_better']:.3f}</td></tr>")
+        parts.append(f"<table>{head}{''.join(body)}</table>")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _page(title: str, body: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+
+
+def _is_run_dir(p: Path) -> bool:
+    return any((p / f).exists() for f in ("config.yaml", "metrics.jsonl", "eval.json", "eval", "demos"))
+
+
+def suite_runs(folder: Path) -> list[Path]:
+    """The run directories directly inside ``folder`` (a suite folder, as `experiments/suite.py` writes)."""
+    if not folder.is_dir():
+        return []
+    return sorted(c for c in folder.iterdir() if c.is_dir() and _is_run_dir(c))
 
 
 def write_report(run_dir: str | os.PathLike, eval_path: str | os.PathLike | None = None, max_audio: int = 6,
@@ -518,33 +788,182 @@ def write_report(run_dir: str | os.PathLike, eval_path: str | os.PathLike | None
     """Write the run's report (default ``run_dir/report.html``) and return its path.
 
     ``eval_path``: the evaluation JSON (default: ``run_dir/eval.json``, else ``run_dir/eval/eval.json``);
-    its ``audio/index.json`` gives the audio pairs (at most ``max_audio`` are embedded).
+    its ``audio/index.json`` gives the audio pairs (at most ``max_audio`` are embedded). A folder that is
+    not itself a run but holds run directories is a suite: :func:`write_suite_report`.
     """
     from dragontune.errors import DataError
 
     run = Path(run_dir)
     if not run.is_dir():
         raise DataError(f"run directory {str(run)!r} does not exist; pass the out_dir of a `dragontune finetune` run")
+    if eval_path is None and not _is_run_dir(run) and suite_runs(run):
+        return write_suite_report(run, out_path=out_path, max_audio=max_audio)
     mpath = run / "metrics.jsonl"
     recs, problems = read_metrics(mpath) if mpath.is_file() else ([], [])
     eval_file = _find_eval(run, eval_path)
     win_html, ev = _section_winrates(run, eval_file)
+    human, human_problem = _listening(eval_file if ev is not None else None)
     last = f", last round {recs[-1]['round']}" if recs else ""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [
-        f"<h1>DRAGON run report</h1><p class=small>run directory <code>{_e(run.resolve())}</code>; "
+        f"<h1>DRAGON run report: {_e(run.name)}</h1><p class=small>run directory <code>{_e(run.resolve())}</code>; "
         f"generated {now}; {len(recs)} metric records{last}.</p>",
-        _section_config(run),
-        _section_curves(run, recs, problems),
-        win_html,
-        _section_demos(run, recs),
+        _section_headline(run, recs, eval_file, ev, human, human_problem),
         _section_audio(eval_file, ev, max_audio),
+        win_html,
+        _section_listening(human),
+        _section_curves(run, recs, problems),
+        _section_demos(run, recs),
+        _section_config(run),
     ]
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>DRAGON report: {_e(run.name)}</title><style>{_CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    page = _page(f"DRAGON report: {run.name}", body)
     out = Path(out_path) if out_path is not None else run / "report.html"
     atomic_write_text(out, page)
     log.info("report written to %s (%.1f MB)", out, len(page) / 1e6)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the suite report
+
+
+def _suite_order(names: list[str]) -> list[str]:
+    from dragontune.evaluate import DEFAULT_SUITE
+
+    known = [n for n, _ in DEFAULT_SUITE]
+    return sorted(names, key=lambda n: (known.index(n) if n in known else len(known), names.index(n)))
+
+
+def _fig_radar(labels: list[str], values: list[float]):
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    if len(labels) < 3:  # a radar needs three spokes: bars say the same
+        fig = Figure(figsize=(6, 2.6))
+        ax = fig.add_subplot(1, 1, 1)
+        ax.barh(labels, [100 * v for v in values], color="#4a7bd0")
+        ax.axvline(50, color="#c00", lw=1, ls="--")
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("win rate on the reward trained on (%)")
+        fig.tight_layout()
+        return fig
+    ang = np.linspace(0, 2 * np.pi, len(labels), endpoint=False)
+    fig = Figure(figsize=(6.2, 6.2))
+    ax = fig.add_subplot(1, 1, 1, projection="polar")
+    v = np.array(values) * 100
+    ax.plot(np.append(ang, ang[0]), np.append(v, v[0]), "-o", color="#4a7bd0", lw=1.8, ms=4, label="DRAGON")
+    ax.fill(ang, v, color="#4a7bd0", alpha=0.15)
+    ax.plot(np.linspace(0, 2 * np.pi, 200), np.full(200, 50.0), "--", color="#c00", lw=1, label="50% (baseline)")
+    ax.set_xticks(ang)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylim(0, 100)
+    ax.set_yticks([25, 50, 75, 100])
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.12, -0.08), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _cell_colour(wr: float) -> str:
+    t = min(1.0, abs(wr - 0.5) * 2)
+    base = (23, 102, 58) if wr >= 0.5 else (163, 36, 28)
+    r, g, b = (int(255 + (c - 255) * 0.55 * t) for c in base)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def write_suite_report(folder: str | os.PathLike, out_path: str | os.PathLike | None = None,
+                       max_audio: int = 6) -> Path:
+    """One page for a suite (one DRAGON run per reward): the win rate of every run on the reward it was
+    trained on (radar chart, the paper's Fig. 1b), the side-effect matrix (rows: reward trained on; columns:
+    every reward evaluated) and links to each run's report (written here too). Returns the page's path
+    (default ``folder/report.html``)."""
+    from dragontune.errors import DataError, DragontuneError
+
+    root = Path(folder)
+    runs = suite_runs(root)
+    if not runs:
+        raise DataError(f"{str(root)!r} holds no run directories (folders with config.yaml, metrics.jsonl or "
+                        "eval/); `python experiments/suite.py --out DIR` makes a suite folder")
+    entries, problems = [], []
+    for run in runs:
+        ef = _find_eval(run, None)
+        ev = None
+        if ef is not None:
+            try:
+                ev = json.loads(ef.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                problems.append(f"{ef}: not readable JSON ({e}); run left without win rates")
+        try:
+            write_report(run, max_audio=max_audio)
+            link = f"{run.name}/report.html"
+        except DragontuneError as e:
+            problems.append(f"{run.name}: report not written ({e})")
+            link = None
+        tr = target_row(run, ev)
+        label = _row_label(str(tr["name"])) if tr else run.name
+        cells = {_row_label(str(r.get("name"))): r for r in (ev or {}).get("rewards", []) if "name" in r}
+        entries.append({"run": run, "label": label, "target": tr, "cells": cells, "link": link, "has_eval": ev is not None})
+    columns = _suite_order(list(dict.fromkeys(c for e in entries for c in e["cells"])))
+    order = _suite_order([e["label"] for e in entries])  # rows in the columns' order: the diagonal runs down
+    entries.sort(key=lambda e: order.index(e["label"]))
+    scored = [e for e in entries if e["target"] and _finite(e["target"].get("win_rate"))]
+    parts = [f"<h1>DRAGON suite report: {_e(root.name)}</h1>",
+             f'<p class=small>suite folder <code>{_e(root.resolve())}</code>; {len(runs)} runs; generated '
+             f'{_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}.</p>']
+    if scored:
+        mean = sum(e["target"]["win_rate"] for e in scored) / len(scored)
+        up = sum(1 for e in scored if _moved(e["target"]) > 0)
+        parts.append(f'<section id="headline"><h2>Result</h2><p class="big">Mean win rate on the reward trained on: '
+                     f'<b>{100 * mean:.1f}%</b> over {len(scored)} runs; {up} of {len(scored)} runs beat the baseline '
+                     'with a 95% interval above 50% (the paper: 81.45% over its 20 rewards).</p></section>')
+    parts += [_missing(p) for p in problems]
+    parts.append("<h2>Win rate of every reward (trained on itself)</h2>")
+    if scored:
+        fig = _fig_radar([e["label"] + (" *" if _is_set(e["target"]) else "") for e in scored],
+                         [e["target"]["win_rate"] for e in scored])
+        parts.append(_img(_png(fig), "win rate per reward (radar)",
+                          "Win rate of each run against the baseline on the reward it was trained on (held-out "
+                          "prompts, same seeds); dashed: 50%. As the paper's Fig. 1b. * set reward: the bootstrap "
+                          "win share (share of paired resamples of the prompts in which the fine-tuned set scores "
+                          "higher), not a share of prompts."))
+    else:
+        parts.append(_missing("No run has an evaluation of its target reward yet (eval/eval.json)."))
+    parts.append("<h2>Side effects</h2><p class=small>Rows: reward trained on; columns: every reward evaluated. "
+                 "Cell: win rate of that run against the baseline on that reward (green above 50%, red below; "
+                 "bold when the 95% interval excludes 50%; outlined: the reward trained on); for a set reward, Δ = "
+                 "the set score difference (fine-tuned − baseline), bold and coloured when its paired-bootstrap 95% "
+                 "interval excludes 0. Hover for the interval "
+                 "and before → after. An empty cell was not evaluated: <code>dragontune eval --model "
+                 "RUN/model.safetensors --suite default --out RUN/eval</code> fills a row.</p>")
+    if columns:
+        head = "<tr><th>trained on</th>" + "".join(f"<th class=small>{_e(c)}</th>" for c in columns) + "<th>report</th></tr>"
+        body = []
+        for e in entries:
+            tds = []
+            for c in columns:
+                r = e["cells"].get(c)
+                cls = "cell" + (" diag" if c == e["label"] else "")
+                dm = _diff_mean(r) if r is not None and _is_set(r) else None
+                if r is None or (not _finite(r.get("win_rate")) and dm is None):
+                    tip = r.get("error", "not evaluated") if r else "not evaluated"
+                    tds.append(f'<td class="{cls}" title="{_e(tip)}">{"err" if r else ""}</td>')
+                    continue
+                cls += " sig" if _moved(r) else ""
+                tip = f"{_effect(r)}; {_num(r.get('before'))} → {_num(r.get('after'))}"
+                if dm is not None:  # a set reward: the score difference, coloured by its interval
+                    colour = _cell_colour(0.5 + 0.3 * _moved(r))
+                    text = f"Δ{dm:+.2g}"
+                else:
+                    colour, text = _cell_colour(r["win_rate"]), f"{100 * r['win_rate']:.0f}%"
+                tds.append(f'<td class="{cls}" style="background:{colour}" title="{_e(tip)}" '
+                           f'data-reward="{_e(c)}">{_e(text)}</td>')
+            link = f'<a href="{_e(e["link"])}">report</a>' if e["link"] else "-"
+            body.append(f'<tr data-run="{_e(e["run"].name)}"><td>{_e(e["label"])}</td>{"".join(tds)}<td>{link}</td></tr>')
+        parts.append(f'<table class="matrix">{head}{"".join(body)}</table>')
+    else:
+        parts.append(_missing("No evaluations in this suite yet."))
+    page = _page(f"DRAGON suite report: {root.name}", parts)
+    out = Path(out_path) if out_path is not None else root / "report.html"
+    atomic_write_text(out, page)
+    log.info("suite report written to %s", out)
     return out

@@ -3,9 +3,7 @@
 import base64
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -72,8 +70,8 @@ def make_run(root, rounds=6, with_eval=True, with_demos=True):
                  "win_rate": 0.75, "lo": 0.53, "hi": 0.89, "n": 20, "ties": 0, "nan_dropped": 0,
                  "before": -5.0, "after": -4.2},
                 {"name": "vendi/codec", "reward_class": "dist_to_dist", "method": "bootstrap", "win_rate": 0.3,
-                 "lo": 0.24, "hi": 0.37, "n": 20, "n_boot": 200, "diff_lo": -0.4, "diff_hi": 0.1,
-                 "before": 3.0, "after": 2.8},
+                 "win_rate_kind": "bootstrap win share", "lo": None, "hi": None, "n": 20, "n_clips": 20,
+                 "n_boot": 200, "diff_lo": -0.4, "diff_hi": 0.1, "diff_mean": -0.2, "before": 3.0, "after": 2.8},
                 {"name": "clap_score", "reward_class": "instance", "error": "RewardError: boom"},
             ],
             "skipped": [{"name": "aesthetics", "reason": "RewardError: not available"}],
@@ -141,11 +139,9 @@ def test_report_missing_inputs_are_stated(tmp_path):
 
 
 def _chromium():
-    for c in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"),
-              shutil.which("google-chrome")):
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    return None
+    from cdp import find_chromium
+
+    return find_chromium()
 
 
 CHECK_SCRIPT = """<script>
@@ -240,3 +236,147 @@ def test_report_of_a_real_tiny_run(tmp_path):
                    "2 rounds of demonstrations"):
         assert needle in page, needle
     assert page.count("data:audio/wav;base64,") == 4 and page.count("data:image/png;base64,") >= 3
+
+
+def test_report_leads_with_the_result(tmp_path):
+    run = make_run(tmp_path / "run")
+    page = write_report(run).read_text()
+    order = [page.index(x) for x in ('id="headline"', 'id="listen"', "Win rates: fine-tuned vs baseline",
+                                     "<h2>Reward curves", "<h2>Demonstrations", "<h2>Configuration")]
+    assert order == sorted(order), order
+    head = page[page.index('id="headline"'):page.index("</section>")]
+    # target before -> after and its win rate; the side effect that moved (vendi, interval below 50 %)
+    assert "per_song_fad/codec/piano" in head and "improved" in head and "-5 → <b>-4.2</b>" in head
+    assert "75.0% [53.0%, 89.0%]" in head
+    # vendi is a set reward: its bootstrap difference interval [-0.4, 0.1] includes 0, so it has not moved
+    assert "none of the other rewards moved (1 evaluated)" in head
+    assert "No listening test yet" in head and "dragontune listen" in head
+    # audio pairs side by side with a spectrogram per clip
+    listen_sec = page[page.index('id="listen"'):page.index("Win rates: fine-tuned")]
+    assert listen_sec.count("<audio") == 4 and listen_sec.count('alt="spectrogram') == 4
+    # the direction is read, not assumed: a worse target says so
+    ev_path = run / "eval" / "eval.json"
+    ev = json.loads(ev_path.read_text())
+    ev["rewards"][0].update(win_rate=0.2, lo=0.08, hi=0.41, after=-5.9)
+    ev["rewards"][1].update(diff_lo=-0.4, diff_hi=-0.05)
+    ev_path.write_text(json.dumps(ev))
+    head = write_report(run).read_text().split('id="headline"')[1].split("</section>")[0]
+    assert "worse" in head and "20.0% [8.0%, 41.0%]" in head
+    assert "▼ <code>vendi/codec</code> difference -0.2 [95% -0.4, -0.05]; bootstrap win share 30% (3 → 2.8)" in head
+    ev["rewards"][0].update(win_rate=0.55, lo=0.33, hi=0.75)
+    ev["rewards"][1].update(diff_lo=0.05, diff_hi=0.4)
+    ev_path.write_text(json.dumps(ev))
+    head = write_report(run).read_text().split('id="headline"')[1].split("</section>")[0]
+    assert "no clear change" in head and "▲ <code>vendi/codec</code>" in head
+
+
+def test_report_headline_shows_the_listening_test(tmp_path):
+    from dragontune.listen import open_store
+
+    run = make_run(tmp_path / "run")
+    store = open_store(run)
+    for i, want in enumerate(["model", "model", "baseline", "tie"]):
+        t = store.next_trial(f"l{i // 2}", "Which is better?")
+        choice = "none" if want == "tie" else ("A" if t["a_is"] == want else "B")
+        store.record_vote(store.trial(t["trial"]), choice, 1.0, 1.0)
+    page = write_report(run).read_text()
+    head = page.split('id="headline"')[1].split("</section>")[0]
+    assert "human win rate 62.5%" in head and "4 votes: fine-tuned 2, baseline 1, no preference 1" in head
+    assert "<h2>Listening test</h2>" in page
+    # a listening database of other clips is reported, not mixed in
+    (run / "eval" / "audio" / "000-model.wav").write_bytes((run / "eval" / "audio" / "001-model.wav").read_bytes())
+    page = write_report(run).read_text()
+    assert "Listening test not read" in page and "belongs to another run" in page
+
+
+def _suite(root):
+    names = ["per_song_fad/codec/piano", "vendi/codec", "fad/codec/piano"]
+    specs = {n: {"name": n.split("/")[0], "encoder": "codec"} for n in names}
+    table = {  # win rate of the run trained on row-reward, evaluated on column-reward
+        "per_song_fad/codec/piano": [0.8, 0.3, 0.6],
+        "vendi/codec": [0.45, 0.9, 0.5],
+        "fad/codec/piano": [0.7, 0.5, 0.6],
+    }
+    for rname, wrs in table.items():
+        run = make_run(root / rname.replace("/", "_"), rounds=2, with_demos=False)
+        (run / "config.yaml").write_text(f"reward: {json.dumps(specs[rname])}\nrounds: 2\n")
+        ev = json.loads((run / "eval" / "eval.json").read_text())
+        ev["rewards"] = [{"name": n, "reward": specs[n]["name"], "spec": specs[n], "reward_class": "instance",
+                          "method": "instance", "win_rate": w, "lo": w - 0.12, "hi": w + 0.12, "n": 20,
+                          "before": 1.0, "after": 1.0 + w} for n, w in zip(names, wrs)]
+        for r in ev["rewards"]:  # vendi is a set reward: bootstrap win share and the difference's interval
+            if r["name"] == "vendi/codec":
+                w = r["win_rate"]
+                r.update(reward_class="dist_to_dist", method="bootstrap", lo=None, hi=None, n_clips=20,
+                         diff_mean=w - 0.5, diff_lo=w - 0.7, diff_hi=w - 0.3, after=1.0 + w - 0.5)
+        (run / "eval" / "eval.json").write_text(json.dumps(ev))
+    return names, table
+
+
+def test_suite_report(tmp_path):
+    names, table = _suite(tmp_path / "suite")
+    out = write_report(tmp_path / "suite")
+    assert out == tmp_path / "suite" / "report.html"
+    page = out.read_text()
+    assert "DRAGON suite report" in page and 'alt="win rate per reward (radar)"' in page
+    # mean over the diagonal; 2 of 3 intervals above 50 %
+    assert f"{100 * (0.8 + 0.9 + 0.6) / 3:.1f}%" in page and "2 of 3 runs beat the baseline" in page
+    rows = re.findall(r'<tr data-run="([^"]+)">(.*?)</tr>', page)
+    # rows and columns in the order of dragontune.evaluate.DEFAULT_SUITE: the diagonal runs down
+    order = ["per_song_fad/codec/piano", "fad/codec/piano", "vendi/codec"]
+    assert [r for r, _ in rows] == [n.replace("/", "_") for n in order]
+    for run_name, cells in rows:
+        trained = next(n for n in names if n.replace("/", "_") == run_name)
+        got = dict(re.findall(r'data-reward="([^"]+)">([^<]+)</td>', cells))
+        want = {n: f"{100 * w:.0f}%" for n, w in zip(names, table[trained])}
+        want["vendi/codec"] = f"Δ{table[trained][1] - 0.5:+.2g}"
+        assert got == want
+        diag = re.findall(r'class="cell diag[^"]*"[^>]*data-reward="([^"]+)"', cells)
+        assert diag == [trained]
+        assert f'href="{run_name}/report.html"' in cells
+        assert (tmp_path / "suite" / run_name / "report.html").is_file()
+    assert re.findall(r"<th class=small>([^<]+)</th>", page) == order
+    # vendi trained on itself: difference [0.2, 0.6] excludes 0 (bold); the fad run's vendi [-0.2, 0.2] does not
+    assert re.search(r'class="cell diag sig"[^>]*data-reward="vendi/codec">Δ\+0.4<', page)
+    assert re.search(r'class="cell"[^>]*title="difference 0 \[95% -0.2, 0.2\]', page)
+    vendi_run = (tmp_path / "suite" / "vendi_codec" / "report.html").read_text()
+    assert "set score difference 0.4 [95% 0.2, 0.6]" in vendi_run.split("</section>")[0]
+    for attr in re.findall(r'(?:src|href)="([^"]*)"', page):
+        assert attr.startswith("data:") or attr.endswith("/report.html"), attr[:80]
+    from dragontune.errors import DataError
+    from dragontune.report import write_suite_report
+
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(DataError, match="holds no run directories"):
+        write_suite_report(tmp_path / "nothing")
+
+
+def test_report_headline_is_above_the_fold(tmp_path):
+    from cdp import Chromium, skip_reason
+
+    if skip_reason():
+        pytest.skip(skip_reason())
+    from matplotlib import image
+
+    run = make_run(tmp_path / "run")
+    out = write_report(run)
+    with Chromium(tmp_path / "profile", width=1280, height=800) as b:
+        b.navigate(out.as_uri())
+        vh = b.eval("window.innerHeight")
+        rect = b.eval("(function(){var r=document.getElementById('headline').getBoundingClientRect();"
+                      "return {top:r.top, bottom:r.bottom, left:r.left, right:r.right};})()")
+        cfg_top = b.eval("Array.from(document.querySelectorAll('h2')).find(h => h.textContent === 'Configuration')"
+                         ".getBoundingClientRect().top")
+        text = b.eval("document.getElementById('headline').innerText")
+        png = b.screenshot()
+    assert vh == 800 and 0 <= rect["top"] and rect["bottom"] <= vh, rect
+    assert cfg_top > vh  # the configuration comes last, below the fold
+    assert "75.0% [53.0%, 89.0%]" in text and "Side effects" in text
+    shot = tmp_path / "shot.png"
+    shot.write_bytes(png)
+    img = (image.imread(shot)[..., :3] * 255).round()
+    assert img.shape[:2] == (800, 1280)
+    box = img[int(rect["top"]) + 4:int(rect["bottom"]) - 4, int(rect["left"]) + 4:int(rect["right"]) - 4]
+    bg = (abs(box - [0xEE, 0xF3, 0xFB]).sum(axis=2) < 6).mean()
+    dark = (box.sum(axis=2) < 200).mean()
+    assert bg > 0.6 and dark > 0.01, (bg, dark)  # the headline's box is painted, with text in it
