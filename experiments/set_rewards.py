@@ -57,8 +57,11 @@ def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
     t_train = time.time() - t0
     prompts = load_prompts("test", corpus=args.corpus, limit=args.n_eval)
     suite = args.suite.split(",") if args.suite != "13" else SUITE13
-    if seed not in [int(x) for x in args.side_seeds.split(",") if x]:  # side effects from the first seeds only
-        suite = [reward]
+    if seed not in [int(x) for x in args.side_seeds.split(",") if x]:
+        # other seeds: the rewards that cost little once the target's clips exist (codec space needs no decoding;
+        # clap-mini is fast once the clips are decoded for a clap-mini target); the whole suite on side seeds
+        cheap = [r for r in suite if "/codec" in r or ("clap-mini" in reward and "clap" in r)]
+        suite = [reward] + [r for r in cheap if r != reward]
     res = evaluate_models(None, final, prompts, suite, seed=1, seeds_per_prompt=args.eval_seeds,
                           sampler=cfg.eval_sampler, out_dir=run / "eval", corpus=args.corpus, n_boot=args.n_boot,
                           n_audio=0, generation_cache=args.gen_cache)
