@@ -48,7 +48,7 @@ def main():
             torch.cuda.synchronize()
 
     def dragon_step(i):
-        _train_round(cfg, policy, ref, opt, demos, lat, prompts, i, dev.type == "cuda")
+        _train_round(cfg, "dpo", 1e-6, policy, ref, opt, demos, lat, prompts, i, dev.type == "cuda")
 
     def edm_step(i):
         policy.net.train()

@@ -74,7 +74,7 @@ def main():
         r = rewards["codec"]
         res = r(ScoringBatch(None, policy.sample_rate, prompts, latents=lat, codec=policy.codec))
         d = build_demonstrations("dist_to_dist", "loo", "dpo", res.scores, groups, credit=res.credit)
-        _train_round(cfg, "dpo", policy, reference, opt, d, lat, prompts, 1, False)
+        _train_round(cfg, "dpo", cfg.optim.lr, policy, reference, opt, d, lat, prompts, 1, False)
 
     t_train = _median_time(train_once, 1)
     rows = []

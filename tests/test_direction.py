@@ -135,7 +135,7 @@ def test_training_lowers_a_on_d_plus_relative_to_d_minus(env, tmp_path, builder,
         opt = torch.optim.Adam(policy.net.parameters(), lr=cfg.optim.lr)
         d = _demos(env, builder, loss, swap=swap)
         for rnd in (1, 2):
-            stats = _train_round(cfg, loss, policy, reference, opt, d, env["lat"], env["prompts"], rnd, False)
+            stats = _train_round(cfg, loss, cfg.optim.lr, policy, reference, opt, d, env["lat"], env["prompts"], rnd, False)
         after = _preference(policy, reference, env["lat"], env["prompts"], env["good"])
         assert sign * after > 0, (builder, loss, swap, after, stats)
         assert 0.0 <= stats["train/saturated"] <= 1.0 and stats["train/grad_norm"] >= 0

@@ -60,6 +60,10 @@ def test_recipe_table():
     assert (r.builder, r.loss, r.options) == ("pool", "kto", {"threshold": "batch_median"})
     r = resolve_recipe("dist_to_dist", "greedy", "kto", 4, {"size": 3})  # explicit choices stay as given
     assert (r.builder, r.loss, r.options, r.chosen) == ("greedy", "kto", {"size": 3}, False)
+    # the set-reward recipe's learning rate applies with an auto builder only
+    assert resolve_recipe("dist_to_dist", "auto", "auto", 4, {}, 2e-5).lr == 2e-5
+    assert resolve_recipe("dist_to_dist", "loo", "auto", 4, {}, 2e-5).lr is None
+    assert resolve_recipe("instance", "auto", "auto", 4, {}, 2e-5).lr is None
 
 
 @pytest.mark.slow
@@ -83,6 +87,7 @@ def test_each_reward_class_starts_with_only_the_reward_set(env, tmp_path, reward
     arith = json.loads((out / "batch_arithmetic.json").read_text())
     want = {"fad": "pool", "vendi": "pool", "per_song_fad": "paired", "rms": "paired"}[reward]
     assert arith["builder"] == want and arith["loss"] == "dpo" and arith["recipe"].startswith("builder=")
+    assert arith["lr"] == (2e-5 if want == "pool" else 3e-6)  # DragonConfig's optim.lr default is the paper's
     r = records(out)[1]
     assert "train/loss" in r and "train/saturated" in r and "train/grad_norm" in r and "train/margin" in r
     # rewards in the codec's own space score the latents: nothing is decoded

@@ -77,6 +77,7 @@ class DragonConfig:
     batch_per_update: int = 16         # pairs (DPO) or labelled samples (KTO) per optimiser step, all processes
     loss: str = "auto"                 # dpo | kto | auto (the recipe of the reward's class, dragon/recipes.py)
     builder: str = "auto"              # paired | unpaired | pool | loo | greedy | split | auto
+    set_reward_lr: float = 2e-5        # lr of the set-reward recipe (builder auto, dist_to_dist reward); 0 = optim.lr
     builder_options: dict = dataclasses.field(default_factory=dict)
     pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)   # credit pool of builder=pool
     beta: float = 5000.0
@@ -217,8 +218,11 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     ctx = RewardContext(codec=policy.codec, device=device)
     reward = build_reward(cfg.reward, ctx)
     watch = [build_reward(w, ctx) for w in cfg.watch]
-    recipe = resolve_recipe(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options)
+    if not cfg.set_reward_lr >= 0:
+        raise ConfigError(f"set_reward_lr={cfg.set_reward_lr!r} must be >= 0 (0: use optim.lr for set rewards too)")
+    recipe = resolve_recipe(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options, cfg.set_reward_lr)
     builder, loss_name, builder_options = recipe.builder, recipe.loss, recipe.options
+    lr = recipe.lr if recipe.lr is not None else cfg.optim.lr
     validate_combination(reward.reward_class, builder, loss_name, K, builder_options)
     if recipe.chosen:
         log.info("recipe for a %s reward: %s", reward.reward_class, recipe.describe())
@@ -228,7 +232,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     feat_dim = int(getattr(getattr(reward, "encoder", None), "dim", 0) or 0)
     if credit_pool is not None and feat_dim:
         cfg.pool.check_budget(8.0 * feat_dim, f"{feat_dim}-d clip vectors")  # before any generation
-    opt = torch.optim.Adam(policy.net.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+    opt = torch.optim.Adam(policy.net.parameters(), lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                            weight_decay=cfg.optim.weight_decay)
     ref_hash = sha256_tensors(reference.net.state_dict())
     start = 0
@@ -244,7 +248,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
              "demo_steps": cfg.sampler.steps, "eval_steps": cfg.eval_sampler.steps,
              "reward": reward.name, "reward_class": reward.reward_class, "builder": builder, "loss": loss_name,
              "builder_options": builder_options, "recipe": recipe.describe() if recipe.chosen else "explicit",
-             "pool_size": cfg.pool.size if credit_pool is not None else 0,
+             "pool_size": cfg.pool.size if credit_pool is not None else 0, "lr": lr,
              "scores_latents": reward.scores_latents_of(policy.codec.id)}
     if cfg.batch_per_update % W:
         raise ConfigError(f"batch_per_update={cfg.batch_per_update} must be divisible by the {W} processes")
@@ -363,7 +367,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         rec["skipped_rounds"] = skipped
         # ---- 5. train
         if demos is not None:
-            stats = _train_round(cfg, loss_name, policy, reference, opt, demos, latents, prompts, rnd, use_bf16)
+            stats = _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, prompts, rnd, use_bf16)
             rec.update(stats)
             rec.update({f"demo/{k}": v for k, v in demos.info.items() if isinstance(v, (int, float))})
             rec.update(monitor.update(rnd, stats))
@@ -404,7 +408,7 @@ def _fault_point(rnd: int, where: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _train_round(cfg, loss_name, policy, reference, opt, demos, latents, prompts, rnd, use_bf16) -> dict:
+def _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, prompts, rnd, use_bf16) -> dict:
     """M optimiser steps on this round's demonstrations; returns averaged statistics."""
     R, W = dist.rank(), dist.world()
     device = policy.device
@@ -456,7 +460,7 @@ def _train_round(cfg, loss_name, policy, reference, opt, demos, latents, prompts
                                           reference=cfg.kto_reference, utility=cfg.kto_utility)
         step = (rnd - 1) * cfg.updates_per_round + m + 1
         for grp in opt.param_groups:
-            grp["lr"] = cfg.optim.lr * min(1.0, step / max(1, cfg.optim.warmup_steps))
+            grp["lr"] = lr * min(1.0, step / max(1, cfg.optim.warmup_steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         dist.average_gradients(policy.net.parameters())

@@ -4,11 +4,14 @@ With only ``reward.*`` set, a run picks what was measured to work for that rewar
 docs/dragon.md hold the runs behind each row). A builder or loss the user set explicitly is kept as it is and
 checked by :func:`dragontune.dragon.builders.validate_combination` (refusal is only for explicit choices).
 
-    reward class       builder   loss   why
-    instance           paired    dpo    best vs worst of K samples per prompt; the demo's recipe
-    instance_to_dist   paired    dpo    same (per-song FAD, centroid)
-    dist_to_dist       pool      dpo    credit = change of the set reward of a pool of recent generations
-                                        (>= 256 clips) when the sample joins it; within-prompt best vs worst
+    reward class       builder   loss   lr               why
+    instance           paired    dpo    optim.lr         best vs worst of K samples per prompt; the demo's recipe
+    instance_to_dist   paired    dpo    optim.lr         same (per-song FAD, centroid)
+    dist_to_dist       pool      dpo    set_reward_lr    credit = change of the set reward of a pool of recent
+                                                         generations (>= 256 clips) when the sample joins it;
+                                                         within-prompt best vs worst. At the per-sample rewards'
+                                                         lr 5e-5 full-set FAD toward the calm exemplars degraded
+                                                         the model; at 2e-5 it improved (docs/results.md)
 
 With one sample per prompt (``k_per_prompt=1``) pairs are impossible: ``auto`` then takes KTO with labels
 against the batch median instead of the paired DPO row.
@@ -37,14 +40,19 @@ class Recipe:
     options: dict
     #: True when at least one of builder / loss came from the table
     chosen: bool
+    #: learning rate of the recipe (None: the config's optim.lr)
+    lr: float | None = None
 
     def describe(self) -> str:
         opts = f" {self.options}" if self.options else ""
-        return f"builder={self.builder} loss={self.loss}{opts}"
+        lr = f" lr={self.lr:g}" if self.lr is not None else ""
+        return f"builder={self.builder} loss={self.loss}{opts}{lr}"
 
 
-def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int, options: dict | None) -> Recipe:
-    """Fill ``auto`` builder / loss from :data:`RECIPES` for ``reward_class``; explicit values stay."""
+def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int, options: dict | None,
+                   set_reward_lr: float = 0.0) -> Recipe:
+    """Fill ``auto`` builder / loss from :data:`RECIPES` for ``reward_class``; explicit values stay. With an
+    ``auto`` builder, a set reward trains at ``set_reward_lr`` (0: the config's optim.lr)."""
     if reward_class not in RECIPES:
         raise ConfigError(f"unknown reward class {reward_class!r}; known: {', '.join(RECIPES)}")
     opts = dict(options or {})
@@ -62,4 +70,5 @@ def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int
             opts["threshold"] = "batch_median"  # a prompt median of one sample labels nothing
     else:
         lo = loss
-    return Recipe(builder=b, loss=lo, options=opts, chosen=chosen)
+    lr = set_reward_lr if (reward_class == "dist_to_dist" and builder == AUTO and set_reward_lr > 0) else None
+    return Recipe(builder=b, loss=lo, options=opts, chosen=chosen, lr=lr)
