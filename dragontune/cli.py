@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(fn=cmd_eval)
 
     rp = sub.add_parser("report", help="write RUN_DIR/report.html (on a suite folder: the suite page and each run's)")
-    rp.add_argument("run_dir", help="a run directory, or a folder of run directories (experiments/suite.py --out)")
+    rp.add_argument("run_dir", help="a run directory, or a folder of run directories (experiments/set_rewards.py --out)")
     rp.set_defaults(fn=cmd_report)
 
     li = sub.add_parser("listen", help="blind A/B listening test of an evaluation's clip pairs (votes in SQLite)")

@@ -777,10 +777,17 @@ def _is_run_dir(p: Path) -> bool:
 
 
 def suite_runs(folder: Path) -> list[Path]:
-    """The run directories directly inside ``folder`` (a suite folder, as `experiments/suite.py` writes)."""
+    """The run directories inside ``folder`` (a suite folder, as `experiments/set_rewards.py` writes: one
+    folder per reward holding one run directory per training seed; run directories directly inside count too)."""
     if not folder.is_dir():
         return []
-    return sorted(c for c in folder.iterdir() if c.is_dir() and _is_run_dir(c))
+    out = []
+    for c in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if _is_run_dir(c):
+            out.append(c)
+        else:
+            out.extend(sorted(g for g in c.iterdir() if g.is_dir() and _is_run_dir(g)))
+    return out
 
 
 def write_report(run_dir: str | os.PathLike, eval_path: str | os.PathLike | None = None, max_audio: int = 6,
@@ -883,7 +890,7 @@ def write_suite_report(folder: str | os.PathLike, out_path: str | os.PathLike | 
     runs = suite_runs(root)
     if not runs:
         raise DataError(f"{str(root)!r} holds no run directories (folders with config.yaml, metrics.jsonl or "
-                        "eval/); `python experiments/suite.py --out DIR` makes a suite folder")
+                        "eval/); `python experiments/set_rewards.py --out DIR` makes a suite folder")
     entries, problems = [], []
     for run in runs:
         ef = _find_eval(run, None)

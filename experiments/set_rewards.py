@@ -127,13 +127,12 @@ def tables(args) -> str:
                      f"{tt / 60:.1f} min |")
         if builder == "auto":
             wins[name] = sum(wr) / len(wr)
-            side[name] = {x["name"]: (x["after"] - x["before"]) for x in rows[0][2]["rewards"] if "after" in x}
-            for _, _, ev in rows[1:]:
+            sums: dict[str, list[float]] = {}
+            for _, _, ev in rows:  # each column averaged over the runs that evaluated it
                 for x in ev["rewards"]:
-                    if "after" in x:
-                        side[name][x["name"]] = side[name].get(x["name"], 0.0) + (x["after"] - x["before"])
-            for k in side[name]:
-                side[name][k] /= len(rows)
+                    if "after" in x and x.get("before") is not None:
+                        sums.setdefault(x["name"], []).append(x["after"] - x["before"])
+            side[name] = {k: (sum(v) / len(v), len(v)) for k, v in sums.items()}
     text = "\n".join(lines)
     if wins:
         text += (f"\n\nAverage win rate over {len(wins)} target rewards (recipe runs; share of prompts for per-sample "
@@ -141,10 +140,11 @@ def tables(args) -> str:
     if side:
         cols = [c for c in SUITE13 if any(c in v for v in side.values())]
         text += "\nSide effects: mean change (fine-tuned minus baseline, higher is better for every column) of every " \
-                "evaluated reward, rows = reward trained on\n\n"
+                "evaluated reward over the training seeds that evaluated it (their number in parentheses); rows = " \
+                "reward trained on\n\n"
         text += "| trained on \\ evaluated | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
         for t, v in side.items():
-            text += f"| {t} | " + " | ".join(f"{v[c]:+.3g}" if c in v else "" for c in cols) + " |\n"
+            text += f"| {t} | " + " | ".join(f"{v[c][0]:+.3g} ({v[c][1]})" if c in v else "" for c in cols) + " |\n"
     return text
 
 
