@@ -14,36 +14,12 @@ from dragontune.dragon.recipes import RECIPES, resolve_recipe
 from dragontune.errors import ConfigError
 from dragontune.models.checkpoint import read_model_file
 
-from tiny import tiny_baseline, tiny_corpus, write_prompts
-
-PROMPTS = ["a soft piano melody", "fast drums", "a slow pad", "bright bell tones", "deep bass line"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sets")
-    corpus = tiny_corpus(root / "corpus")
-    base = tiny_baseline(root / "base.safetensors", corpus)
-    prompts = write_prompts(root / "prompts.txt", PROMPTS)
-    return {"root": root, "corpus": corpus, "base": base, "prompts": prompts}
+from test_dragon_loop import FAD, env, overrides  # noqa: F401  (the shared tiny-model fixture)
 
 
 def cfg_for(env, out, **kw):
-    d = {
-        "out_dir": str(out), "baseline": str(env["base"]), "device": "cpu", "rounds": 2,
-        "prompts_per_round": 2, "k_per_prompt": 3, "updates_per_round": 2, "batch_per_update": 2,
-        "prompts": str(env["prompts"]), "eval_prompts": str(env["prompts"]), "eval_n_prompts": 0,
-        "eval_every": 0, "ckpt_every": 1, "sampler.steps": 2, "sampler.cfg": 2.0, "sampler.batch_size": 8,
-        "data.corpus": str(env["corpus"]), "data.duration": 1.0, "pool.size": 12, "pool.warmup": 8,
-        "reward": FAD(env),
-    }
-    d.update(kw)
-    return load_config(DragonConfig, None, [f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}"
-                                            for k, v in d.items()])
-
-
-def FAD(env):
-    return {"name": "fad", "encoder": "codec", "exemplars": {"audio_dir": str(env["corpus"] / "audio")}}
+    d = {"eval_n_prompts": 0, "pool.size": 12, "pool.warmup": 8, "reward": FAD(env), **kw}
+    return load_config(DragonConfig, None, overrides(env, out, **d))
 
 
 def records(out):
