@@ -61,3 +61,32 @@ def average_gradients(params) -> None:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (pickled; for small round data such as the demonstrations)."""
+    if world() == 1:
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def reduce_stats(stats: dict[str, float], sum_keys: frozenset[str] = frozenset()) -> dict[str, float]:
+    """Statistics over all ranks: counts in ``sum_keys`` are summed, everything else is the mean over the ranks
+    whose value is finite (NaN where none is). Every rank must pass the same keys."""
+    if world() == 1:
+        return stats
+    keys = sorted(stats)
+    v = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
+    ok = torch.isfinite(v)
+    buf = torch.cat([torch.where(ok, v, torch.zeros_like(v)), ok.double()])
+    dist.all_reduce(buf)
+    tot, cnt = buf[: len(keys)], buf[len(keys):]
+    out = {}
+    for i, k in enumerate(keys):
+        if k in sum_keys:
+            out[k] = float(tot[i])
+        else:
+            out[k] = float(tot[i] / cnt[i]) if cnt[i] > 0 else float("nan")
+    return out

@@ -228,7 +228,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         log.info("recipe for a %s reward: %s", reward.reward_class, recipe.describe())
     pool_prompts = load_prompt_pool(cfg.prompts, cfg.data)
     eval_pool = load_prompt_pool(cfg.eval_prompts, cfg.data)[: cfg.eval_n_prompts] if cfg.eval_n_prompts > 0 else []
-    credit_pool = FeaturePool(cfg.pool.size) if builder == "pool" else None
+    credit_pool = FeaturePool(cfg.pool.size) if builder == "pool" and dist.is_main() else None  # rank 0 scores
     feat_dim = int(getattr(getattr(reward, "encoder", None), "dim", 0) or 0)
     if credit_pool is not None and feat_dim:
         cfg.pool.check_budget(8.0 * feat_dim, f"{feat_dim}-d clip vectors")  # before any generation
@@ -276,7 +276,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
                             decode=lambda z: policy.decode(z.to(device)).cpu())
 
     def evaluate(model) -> dict:
-        if not eval_pool:  # eval_n_prompts: 0 turns the in-loop evaluation off
+        if not eval_pool or not dist.is_main():  # eval_n_prompts: 0 turns it off; rank 0 only
             return {}
         seeds = [derived_seed(cfg.seed, "eval", i) for i in range(len(eval_pool))]
         lat = generate_latents(model, eval_pool, seeds, cfg.eval_sampler, autocast_bf16=use_bf16)
@@ -292,7 +292,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         mf.write(json.dumps(rec) + "\n")
         mf.flush()
         log.info("round 0 (baseline) %s", _fmt(rec))
-    if credit_pool is not None and start == 0 and cfg.pool.warmup_clips > 0:
+    if builder == "pool" and start == 0 and cfg.pool.warmup_clips > 0:  # every rank generates its stripe
         # fill the pool with the frozen reference's generations before round 1 (round-0 statistics at full size)
         t0 = time.time()
         n_w = cfg.pool.warmup_clips
@@ -304,10 +304,11 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
                                             cfg.pool.cache_dir)
         else:
             w_lat = generate(w_prompts, w_seeds, torch.ones(n_w, dtype=torch.bool))
-        w_feats = reward.features(latent_batch(w_lat, w_prompts))
-        cfg.pool.check_budget(w_feats.nbytes() / max(1, w_feats.n), "these features")
-        credit_pool.push(w_feats)
-        log.info("credit pool: %d reference generations in %.1f s", len(credit_pool), time.time() - t0)
+        if credit_pool is not None:
+            w_feats = reward.features(latent_batch(w_lat, w_prompts))
+            cfg.pool.check_budget(w_feats.nbytes() / max(1, w_feats.n), "these features")
+            credit_pool.push(w_feats)
+            log.info("credit pool: %d reference generations in %.1f s", len(credit_pool), time.time() - t0)
     monitor = LearningMonitor(loss_name)
     skipped = 0
     bar = tqdm(total=cfg.rounds, initial=start, desc="dragon", dynamic_ncols=True, disable=None if dist.is_main() else True)
@@ -321,56 +322,61 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         # ---- 2. generate this rank's stripe, then gather the full set
         latents = generate(prompts, seeds, from_ref)
         t1 = time.time()
-        # ---- 3. score: the batch is embedded once (every rank scores the full set: set rewards see all generations)
-        batch = latent_batch(latents, prompts)
-        feats = reward.features(batch)
-        result = reward.score(feats)
-        scores = result.scores.double()
-        pol_mask = ~from_ref
-        rec = {"round": rnd, "reward": _f(nanmean(scores[pol_mask])) if result.set_score is None else None}
-        if result.set_score is not None:
-            rec["set_reward"] = float(result.set_score)
-        credit = result.credit
-        if credit_pool is not None:
-            tc = time.time()
-            credit = credit_pool.credit(reward, feats)
-            rec["pool/size"] = len(credit_pool)
-            rec["pool/set_reward"] = reward.set_value(credit_pool.features)
-            rec["time/credit"] = time.time() - tc
-            credit_pool.push(feats)
-        pol_idx = pol_mask.nonzero().flatten()
-        for w in watch:
-            rec[f"watch/{w.name}"] = w.set_score(batch.subset(pol_idx))
-        rec["decoded"] = batch.n_decoded > 0
-        n_nan = int(torch.isnan(scores).sum())
-        rec["n_nan_dropped"] = n_nan
-        t2 = time.time()
-        # ---- 4. D+ / D-
+        # ---- 3.-4. score and build D+ / D- on rank 0 only (the batch is embedded once; set rewards see the
+        # whole gathered set); every rank then trains on rank 0's demonstrations
+        rec = {"round": rnd}
+        scores = credit = None
         demos = None
-        if n_nan == N:
-            skipped += 1
-            log.warning("round %d: the reward returned NaN for all %d samples; round skipped (%d so far)",
-                        rnd, N, skipped)
-        else:
-            set_score = None
-            if builder in ("greedy", "split"):
-                set_score = lambda idx: reward.set_value(feats.subset(idx))  # noqa: E731
-            demos = build_demonstrations(reward.reward_class, builder, loss_name, scores, groups,
-                                         credit=credit, set_score=set_score,
-                                         generator=gen_for(cfg.seed, "split", rnd), **builder_options)
-            if demos.is_empty():
+        if dist.is_main():
+            batch = latent_batch(latents, prompts)
+            feats = reward.features(batch)
+            result = reward.score(feats)
+            scores = result.scores.double()
+            pol_mask = ~from_ref
+            rec["reward"] = _f(nanmean(scores[pol_mask])) if result.set_score is None else None
+            if result.set_score is not None:
+                rec["set_reward"] = float(result.set_score)
+            credit = result.credit
+            if credit_pool is not None:
+                tc = time.time()
+                credit = credit_pool.credit(reward, feats)
+                rec["pool/size"] = len(credit_pool)
+                rec["pool/set_reward"] = reward.set_value(credit_pool.features)
+                rec["time/credit"] = time.time() - tc
+                credit_pool.push(feats)
+            pol_idx = pol_mask.nonzero().flatten()
+            for w in watch:
+                rec[f"watch/{w.name}"] = w.set_score(batch.subset(pol_idx))
+            rec["decoded"] = batch.n_decoded > 0
+            n_nan = int(torch.isnan(scores).sum())
+            rec["n_nan_dropped"] = n_nan
+            if n_nan == N:
                 skipped += 1
-                log.warning("round %d: no demonstrations (all ties?); round skipped (%d so far)", rnd, skipped)
-                demos = None
-            if n_nan:
-                log.info("round %d: %d samples with NaN reward dropped", rnd, n_nan)
+                log.warning("round %d: the reward returned NaN for all %d samples; round skipped (%d so far)",
+                            rnd, N, skipped)
+            else:
+                set_score = None
+                if builder in ("greedy", "split"):
+                    set_score = lambda idx: reward.set_value(feats.subset(idx))  # noqa: E731
+                demos = build_demonstrations(reward.reward_class, builder, loss_name, scores, groups,
+                                             credit=credit, set_score=set_score,
+                                             generator=gen_for(cfg.seed, "split", rnd), **builder_options)
+                if demos.is_empty():
+                    skipped += 1
+                    log.warning("round %d: no demonstrations (all ties?); round skipped (%d so far)", rnd, skipped)
+                    demos = None
+                if n_nan:
+                    log.info("round %d: %d samples with NaN reward dropped", rnd, n_nan)
+        demos, skipped = dist.broadcast_object((demos, skipped))
         rec["skipped_rounds"] = skipped
+        t2 = time.time()
         # ---- 5. train
         if demos is not None:
             stats = _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, prompts, rnd, use_bf16)
             rec.update(stats)
             rec.update({f"demo/{k}": v for k, v in demos.info.items() if isinstance(v, (int, float))})
-            rec.update(monitor.update(rnd, stats))
+            if dist.is_main():
+                rec.update(monitor.update(rnd, stats))
         t3 = time.time()
         rec.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2})
         if dist.is_main() and cfg.write_demos:
@@ -474,9 +480,11 @@ def _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, pro
         st["grad_norm"] = float(gn)
         st["loss"] = float(loss.detach())
         for k, v in st.items():
-            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            if isinstance(v, (int, float)):
                 acc.setdefault(k, []).append(float(v))
-    return {f"train/{k}": sum(v) / len(v) for k, v in acc.items()}
+    local = {f"train/{k}": nanmean(torch.tensor(v, dtype=torch.float64)) for k, v in acc.items()}
+    # the logged statistics are the run's, not rank 0's: counts summed over ranks, the rest averaged
+    return dist.reduce_stats(local, sum_keys=frozenset({"train/n_pairs", "train/n_pos", "train/n_neg"}))
 
 
 def _write_demos(out: Path, rnd, prompts, seeds, from_ref, steps, scores, credit, demos, latents) -> None:
