@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import shutil
 from contextlib import contextmanager
@@ -31,7 +30,8 @@ import torch
 import yaml
 
 from dragontune.errors import CheckpointError, DragontuneError
-from dragontune.utils import atomic_write_json, atomic_write_text, ensure_writable_dir, load_safetensors, log
+from dragontune.utils import (atomic_write_json, atomic_write_text, ensure_writable_dir, load_safetensors, log,
+                              strict_json)
 
 # Keys whose change on --resume cannot alter what was already computed (dotted, as in config.yaml).
 SAFE_TO_CHANGE = ("rounds", "steps", "threads", "ckpt_every", "eval_every", "log_every", "val_every",
@@ -66,19 +66,6 @@ def disk_full_guard(what: str, resumable: str = ""):
             raise
         raise DiskFullError(f"disk full while writing {what}; {resumable or 'nothing was lost'} — free some space "
                             "and run the same command again with --resume") from None
-
-
-def strict_json(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    if torch.is_tensor(obj) and obj.numel() == 1:
-        return strict_json(float(obj))
-    return obj
 
 
 def dumps_strict(obj: Any, **kw) -> str:
