@@ -181,7 +181,7 @@ def cmd_score(args) -> int:
     reward = build_reward(spec, ctx)
     sr = model.sample_rate
     clips = load_clips(files, sr, reward)
-    result = score_clips(reward, clips, sr, prompts)
+    result = score_clips(reward, clips, sr, prompts, [str(f) for f in files])
     print(format_result_table(result, [f.name for f in files]))
     out = {"reward": spec, "name": result.name, "files": [str(f) for f in files],
            "scores": [float(x) for x in result.scores], "set_score": result.set_score,

@@ -92,8 +92,8 @@ def _stub(clips: Sequence[torch.Tensor], sample_rate: int, prompts: Sequence[str
     return ScoringBatch(torch.zeros(1, 1, 1).expand(len(clips), clips[0].shape[0], T), sample_rate, list(prompts))
 
 
-def _component(r: Reward, clips, sample_rate, prompts, encoded: dict) -> RewardResult:
-    from dragontune.rewards.builtin import EmbeddingReward
+def _component(r: Reward, clips, sample_rate, prompts, encoded: dict, labels: Sequence[str]) -> RewardResult:
+    from dragontune.rewards.builtin import EmbeddingReward, PerSongFADReward
 
     n = len(clips)
     groups = _groups(clips)
@@ -106,6 +106,12 @@ def _component(r: Reward, clips, sample_rate, prompts, encoded: dict) -> RewardR
                 for i, f in zip(g, r.encode(batch)):
                     raw[i] = f
             encoded[key] = raw
+        if isinstance(r, PerSongFADReward):  # a Gaussian of one clip's frames needs two of them
+            for i, f in enumerate(encoded[key]):
+                if f.shape[0] < 2:
+                    raise AudioError(f"audio file {labels[i]!r} ({clips[i].shape[-1] / sample_rate:.3f} s) gives "
+                                     f"{f.shape[0]} frame(s) with encoder {r.encoder.name!r}; per-song FAD needs at "
+                                     "least 2: remove it or use longer clips")
         stub = _stub(clips, sample_rate, prompts)
         return r.score(stub, r.embed(stub, encoded[key]))
     if r.reward_class == "dist_to_dist":
@@ -119,20 +125,21 @@ def _component(r: Reward, clips, sample_rate, prompts, encoded: dict) -> RewardR
 
 
 @torch.no_grad()
-def score_clips(reward: Reward, clips: Sequence[torch.Tensor], sample_rate: int,
-                prompts: Sequence[str]) -> RewardResult:
+def score_clips(reward: Reward, clips: Sequence[torch.Tensor], sample_rate: int, prompts: Sequence[str],
+                labels: Sequence[str] | None = None) -> RewardResult:
     """Score ``clips`` (each ``[C, T_i]``), every one at its own length; same result as scoring each alone for
-    per-sample rewards, and set rewards see every clip's own embedding."""
+    per-sample rewards, and set rewards see every clip's own embedding. ``labels`` name the clips in errors."""
     from dragontune.rewards.builtin import WeightedReward
 
     if len(clips) != len(prompts):
         raise RewardError(f"{len(clips)} clips but {len(prompts)} prompts")
+    labels = list(labels) if labels is not None else [f"clip {i}" for i in range(len(clips))]
     encoded: dict = {}
     if not isinstance(reward, WeightedReward):
-        return _component(reward, clips, sample_rate, prompts, encoded)
+        return _component(reward, clips, sample_rate, prompts, encoded, labels)
     scores, set_score, any_set = None, 0.0, False  # the weighted sum, as WeightedReward forms it
     for w, r in reward.components:
-        res = _component(r, clips, sample_rate, prompts, encoded)
+        res = _component(r, clips, sample_rate, prompts, encoded, labels)
         s = res.scores.to(torch.float64) * w
         scores = s if scores is None else scores + s
         if res.set_score is not None:
