@@ -118,6 +118,8 @@ def _common(cfg) -> None:
 def check_finetune(cfg) -> None:
     """Every value of a :class:`DragonConfig` (no model, corpus or reward is loaded)."""
     from dragontune.dragon.builders import BUILDERS, LOSSES
+    from dragontune.dragon.losses import KTO_REFERENCES, KTO_UTILITIES
+    from dragontune.dragon.recipes import AUTO
 
     _common(cfg)
     at_least("rounds", cfg.rounds, 1)
@@ -126,8 +128,11 @@ def check_finetune(cfg) -> None:
     within("p_reference", cfg.p_reference, 0, 1)
     at_least("updates_per_round", cfg.updates_per_round, 1)
     at_least("batch_per_update", cfg.batch_per_update, 1)
-    one_of("loss", cfg.loss, LOSSES)
-    one_of("builder", cfg.builder, BUILDERS)
+    one_of("loss", cfg.loss, (*LOSSES, AUTO))
+    one_of("builder", cfg.builder, (*BUILDERS, AUTO))
+    one_of("kto_reference", cfg.kto_reference, KTO_REFERENCES)
+    one_of("kto_utility", cfg.kto_utility, KTO_UTILITIES)
+    cfg.pool.check()
     positive("beta", cfg.beta, "the DPO/KTO temperature (the paper uses 5000)")
     at_least("kto_w_desirable", cfg.kto_w_desirable, 0)
     at_least("kto_w_undesirable", cfg.kto_w_undesirable, 0)

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from dragontune.errors import AudioError, DragontuneError, RewardError
-from dragontune.rewards.base import Reward, RewardResult, ScoringBatch
+from dragontune.rewards.base import Features, Reward, RewardResult, ScoringBatch
 from dragontune.utils import log
 
 MAX_GROUP_SAMPLES = 1 << 24  # clips of one length embedded together, at most this many samples at once
@@ -86,67 +86,36 @@ def _groups(clips: Sequence[torch.Tensor]) -> list[list[int]]:
     return out
 
 
-def _stub(clips: Sequence[torch.Tensor], sample_rate: int, prompts: Sequence[str]) -> ScoringBatch:
-    """A batch of the right shape for messages only: the audio is a zero-cost expanded view, never read."""
-    T = max(c.shape[-1] for c in clips)
-    return ScoringBatch(torch.zeros(1, 1, 1).expand(len(clips), clips[0].shape[0], T), sample_rate, list(prompts))
-
-
-def _component(r: Reward, clips, sample_rate, prompts, encoded: dict, labels: Sequence[str]) -> RewardResult:
-    from dragontune.rewards.builtin import EmbeddingReward, PerSongFADReward
-
-    n = len(clips)
-    groups = _groups(clips)
-    if isinstance(r, EmbeddingReward):
-        key = id(r.encoder)
-        if key not in encoded:  # one encoder pass per encoder object, per group of equal-length clips
-            raw: list[torch.Tensor | None] = [None] * n
-            for g in groups:
-                batch = ScoringBatch(torch.stack([clips[i] for i in g]), sample_rate, [prompts[i] for i in g])
-                for i, f in zip(g, r.encode(batch)):
-                    raw[i] = f
-            encoded[key] = raw
-        if isinstance(r, PerSongFADReward):  # a Gaussian of one clip's frames needs two of them
-            for i, f in enumerate(encoded[key]):
-                if f.shape[0] < 2:
-                    raise AudioError(f"audio file {labels[i]!r} ({clips[i].shape[-1] / sample_rate:.3f} s) gives "
-                                     f"{f.shape[0]} frame(s) with encoder {r.encoder.name!r}; per-song FAD needs at "
-                                     "least 2: remove it or use longer clips")
-        stub = _stub(clips, sample_rate, prompts)
-        return r.score(stub, r.embed(stub, encoded[key]))
-    if r.reward_class == "dist_to_dist":
-        raise RewardError(f"reward {r.name!r} scores sets but cannot take clips of different lengths; trim the "
-                          "files to one length")
-    scores = torch.full((n,), float("nan"), dtype=torch.float64)
-    for g in groups:
-        res = r(ScoringBatch(torch.stack([clips[i] for i in g]), sample_rate, [prompts[i] for i in g]))
-        scores[g] = res.scores.to(torch.float64)
-    return RewardResult(scores=scores, name=r.name)
-
-
 @torch.no_grad()
 def score_clips(reward: Reward, clips: Sequence[torch.Tensor], sample_rate: int, prompts: Sequence[str],
                 labels: Sequence[str] | None = None) -> RewardResult:
-    """Score ``clips`` (each ``[C, T_i]``), every one at its own length; same result as scoring each alone for
-    per-sample rewards, and set rewards see every clip's own embedding. ``labels`` name the clips in errors."""
-    from dragontune.rewards.builtin import WeightedReward
-
+    """Score ``clips`` (each ``[C, T_i]``), every one at its own length: clips of equal length are embedded
+    together (``reward.features``), the features joined in file order and scored once, so per-sample scores are
+    those of each clip alone and set rewards see every clip's own embedding. ``labels`` name clips in errors."""
     if len(clips) != len(prompts):
         raise RewardError(f"{len(clips)} clips but {len(prompts)} prompts")
     labels = list(labels) if labels is not None else [f"clip {i}" for i in range(len(clips))]
-    encoded: dict = {}
-    if not isinstance(reward, WeightedReward):
-        return _component(reward, clips, sample_rate, prompts, encoded, labels)
-    scores, set_score, any_set = None, 0.0, False  # the weighted sum, as WeightedReward forms it
-    for w, r in reward.components:
-        res = _component(r, clips, sample_rate, prompts, encoded, labels)
-        s = res.scores.to(torch.float64) * w
-        scores = s if scores is None else scores + s
-        if res.set_score is not None:
-            any_set = True
-            set_score += w * float(res.set_score)
-        else:
-            fin = res.scores[torch.isfinite(res.scores)]
-            set_score += w * (float(fin.mean()) if fin.numel() else float("nan"))
-    return RewardResult(scores=scores, set_score=set_score if any_set else None,
-                        credit=scores.clone() if any_set else None, name=reward.name)
+    groups = _groups(clips)
+    parts, order = [], []
+    for g in groups:
+        batch = ScoringBatch(torch.stack([clips[i] for i in g]), sample_rate, [prompts[i] for i in g])
+        try:
+            parts.append(reward.features(batch))
+        except RewardError as e:
+            if len(g) == 1:  # name the file the reward could not take
+                raise RewardError(f"{labels[g[0]]}: {e}") from None
+            raise
+        order += g
+    try:
+        feats = Features.cat(parts)
+    except RewardError:  # a reward that only implements __call__: per-sample scores per group
+        if reward.is_set_reward and len(groups) > 1:
+            raise RewardError(f"reward {reward.name!r} scores sets but cannot take clips of different lengths; "
+                              "trim the files to one length") from None
+        scores = torch.full((len(clips),), float("nan"), dtype=torch.float64)
+        for g, f in zip(groups, parts):
+            scores[g] = reward.score(f).scores.to(torch.float64)
+        return RewardResult(scores=scores, name=reward.name)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return reward.score(feats.subset(inverse))

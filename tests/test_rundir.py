@@ -102,7 +102,7 @@ def test_resume_refuses_a_changed_config_and_allows_more_rounds(env, tmp_path, c
     out = tmp_path / "run"
     assert ft(env, out) == 0
     stored = (out / "config.yaml").read_text()
-    for key, value, shown in (("seed", 1, "seed: 0 -> 1"), ("builder", "unpaired", "builder: 'paired' -> 'unpaired'"),
+    for key, value, shown in (("seed", 1, "seed: 0 -> 1"), ("builder", "unpaired", "builder: 'auto' -> 'unpaired'"),
                               ("optim.lr", 1e-3, "optim.lr: 3e-06 -> 0.001")):
         assert ft(env, out, "--resume", **{key: value}) == 2
         err = capsys.readouterr().err

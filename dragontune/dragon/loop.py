@@ -321,6 +321,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         # ---- 2. generate this rank's stripe, then gather the full set
         latents = generate(prompts, seeds, from_ref)
         t1 = time.time()
+        _fault_point(rnd, "generate")
         # ---- 3. score: the batch is embedded once (every rank scores the full set: set rewards see all generations)
         batch = latent_batch(latents, prompts)
         feats = reward.features(batch)
@@ -345,6 +346,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         n_nan = int(torch.isnan(scores).sum())
         rec["n_nan_dropped"] = n_nan
         t2 = time.time()
+        _fault_point(rnd, "score")
         # ---- 4. D+ / D-
         demos = None
         if n_nan == N:
