@@ -76,6 +76,7 @@ def check_sampler(sc, prefix: str = "sampler.") -> None:
     at_least(p + "steps", sc.steps, 1)
     one_of(p + "sampler", sc.sampler, sorted(SAMPLERS))
     at_least(p + "cfg", sc.cfg, 0, "1 = conditional model only, larger = stronger guidance")
+    within(p + "cfg_rescale", sc.cfg_rescale, 0, 1, "0 = plain CFG")
     at_least(p + "cfgpp_scale", sc.cfgpp_scale, 0, "CFG++ lambda, typically in [0, 1]")
     if sc.cfgpp_steps:
         st = list(sc.cfgpp_steps)

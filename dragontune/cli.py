@@ -121,7 +121,8 @@ def cmd_sample(args) -> int:
     from dragontune.checks import at_least, check_device, check_sampler, positive
 
     prompts = read_prompts(args)
-    sc = SamplerConfig(steps=args.steps, sampler=args.sampler, cfg=args.cfg, cfgpp=args.cfgpp,
+    sc = SamplerConfig(steps=args.steps, sampler=args.sampler, cfg=args.cfg, cfg_rescale=args.cfg_rescale,
+                       cfgpp=args.cfgpp,
                        cfgpp_scale=args.cfgpp_scale, cfgpp_steps=list(args.cfgpp_steps or []))
     check_sampler(sc, "--")
     at_least("--n-per-prompt", args.n_per_prompt, 1)
@@ -436,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--n-per-prompt", type=int, default=1)
     sm.add_argument("--steps", type=int, default=40)
     sm.add_argument("--cfg", type=float, default=4.0)
+    sm.add_argument("--cfg-rescale", type=float, default=0.0,
+                    help="guidance rescale phi in [0, 1]: keeps guided latents at the conditional level (0 = off)")
     sm.add_argument("--cfgpp", action="store_true")
     sm.add_argument("--cfgpp-scale", type=float, default=0.6, help="CFG++ lambda, typically in [0, 1]")
     sm.add_argument("--cfgpp-steps", type=int, nargs=2, metavar=("START", "STOP"),
