@@ -133,6 +133,7 @@ def check_finetune(cfg) -> None:
     one_of("builder", cfg.builder, (*BUILDERS, AUTO))
     one_of("kto_reference", cfg.kto_reference, KTO_REFERENCES)
     one_of("kto_utility", cfg.kto_utility, KTO_UTILITIES)
+    at_least("set_reward_lr", cfg.set_reward_lr, 0, "0 = optim.lr for set rewards too")
     cfg.pool.check()
     positive("beta", cfg.beta, "the DPO/KTO temperature (the paper uses 5000)")
     at_least("kto_w_desirable", cfg.kto_w_desirable, 0)
