@@ -14,13 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _config_cmd(cls, args, run):
+def _config_cmd(cls, args, check, run):
     from dragontune.config import dump_yaml, load_config
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not Path(config).exists():
         config, overrides = None, [config] + overrides  # no YAML file given: only overrides
     cfg = load_config(cls, config, overrides)
+    check(cfg)  # the same range checks the command runs before any work
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         return 0
@@ -29,15 +30,35 @@ def _config_cmd(cls, args, run):
 
 
 def cmd_pretrain(args) -> int:
+    from dragontune.checks import check_pretrain
     from dragontune.train import PretrainConfig, pretrain
 
-    return _config_cmd(PretrainConfig, args, lambda cfg: print(pretrain(cfg, resume=args.resume)))
+    return _config_cmd(PretrainConfig, args, check_pretrain,
+                       lambda cfg: print(pretrain(cfg, resume=args.resume, overwrite=args.overwrite)))
 
 
 def cmd_finetune(args) -> int:
+    from dragontune.checks import check_finetune
     from dragontune.dragon.loop import DragonConfig, finetune
 
-    return _config_cmd(DragonConfig, args, lambda cfg: print(finetune(cfg, resume=args.resume)))
+    return _config_cmd(DragonConfig, args, check_finetune,
+                       lambda cfg: print(finetune(cfg, resume=args.resume, overwrite=args.overwrite)))
+
+
+def writable_file(path: str | os.PathLike, flag: str) -> Path:
+    """Check before any work that ``path`` can be written (its folder exists or can be made, and is writable)."""
+    from dragontune.utils import ensure_writable_dir
+
+    p = Path(path)
+    if p.is_dir():
+        raise DragontuneError(f"{flag} {str(p)!r} is a directory; give a file name such as {str(p / 'score.json')!r}")
+    try:
+        ensure_writable_dir(p.parent if str(p.parent) else ".")
+    except DragontuneError as e:
+        raise DragontuneError(f"{flag} {str(p)!r}: {e}") from None
+    if p.exists() and not os.access(p, os.W_OK):
+        raise DragontuneError(f"{flag} {str(p)!r} exists and is not writable; choose another file")
+    return p
 
 
 def cmd_text_cache(args) -> int:
@@ -97,11 +118,19 @@ def cmd_sample(args) -> int:
     from dragontune.models.checkpoint import load_model
     from dragontune.utils import atomic_write_text, ensure_writable_dir, resolve_device
 
+    from dragontune.checks import at_least, check_device, check_sampler, positive
+
     prompts = read_prompts(args)
+    sc = SamplerConfig(steps=args.steps, sampler=args.sampler, cfg=args.cfg, cfg_rescale=args.cfg_rescale,
+                       cfgpp=args.cfgpp,
+                       cfgpp_scale=args.cfgpp_scale, cfgpp_steps=list(args.cfgpp_steps or []))
+    check_sampler(sc, "--")
+    at_least("--n-per-prompt", args.n_per_prompt, 1)
+    if args.bpm is not None:
+        positive("--bpm", args.bpm)
+    check_device("--device", args.device)
     out = ensure_writable_dir(args.out)
     model = load_model(args.checkpoint, device=resolve_device(args.device))
-    sc = SamplerConfig(steps=args.steps, sampler=args.sampler, cfg=args.cfg, cfgpp=args.cfgpp,
-                       cfgpp_scale=args.cfgpp_scale, cfgpp_steps=list(args.cfgpp_steps or []))
     rows, P, S = [], [], []
     for i, p in enumerate(prompts):
         for k in range(args.n_per_prompt):
@@ -109,30 +138,36 @@ def cmd_sample(args) -> int:
             S.append(args.seed + i * args.n_per_prompt + k)
     lat = generate_latents(model, P, S, sc, disable=None, bpm=args.bpm)
     audio = model.decode(lat)
+    n_clip = 0
     for j, (p, s) in enumerate(zip(P, S)):
         name = f"{j:04d}_seed{s}.wav"
-        save_wav(out / name, audio[j], model.sample_rate)
+        n_clip += save_wav(out / name, audio[j], model.sample_rate, warn=False)
         rows.append({"file": name, "prompt": p, "seed": s, "checkpoint": str(args.checkpoint or "baseline"),
                      "sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfgpp": args.cfgpp,
                      "bpm": args.bpm})
     atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    if n_clip:
+        print(f"warning: {n_clip} of {audio.numel()} samples ({100.0 * n_clip / audio.numel():.2f} %) were beyond full "
+              f"scale (peak {float(audio.abs().max()):.2f}) and were clipped when saving", file=sys.stderr)
     print(f"wrote {len(rows)} clips to {out}")
     return 0
 
 
 def cmd_score(args) -> int:
-    import yaml
-
-    from dragontune.audio import fit_length, load_audio
+    from dragontune.file_scoring import load_clips, parse_reward_spec, score_clips
     from dragontune.models.checkpoint import load_model
-    from dragontune.rewards.registry import RewardContext, build_reward, format_result_table, score_audio
+    from dragontune.rewards.registry import RewardContext, build_reward, format_result_table
     from dragontune.utils import atomic_write_json
 
-    spec = yaml.safe_load(args.reward) if args.reward.strip().startswith("{") else {"name": args.reward}
+    spec = parse_reward_spec(args.reward)
+    out_path = writable_file(args.out, "--out")  # before any work
     if args.encoder:
         spec["encoder"] = args.encoder
     if args.exemplars:
         ex = args.exemplars
+        if not Path(ex).exists():
+            raise DragontuneError(f"--exemplars {ex!r} does not exist; give an audio folder, a corpus folder or a "
+                                  ".txt file of text exemplars")
         if Path(ex).is_dir() and (Path(ex) / "audio").is_dir() and args.filter:
             spec["exemplars"] = {"corpus": ex, "filter": args.filter}
         elif Path(ex).is_dir() and not (Path(ex) / "audio").is_dir():
@@ -141,24 +176,46 @@ def cmd_score(args) -> int:
             spec["exemplars"] = {"texts": [t.strip() for t in Path(ex).read_text().splitlines() if t.strip()]}
         else:
             spec["exemplars"] = {"corpus": ex, **({"filter": args.filter} if args.filter else {})}
+    files, prompts = _score_inputs(args)
     model = load_model(args.checkpoint)
     ctx = RewardContext(codec=model.codec)
     reward = build_reward(spec, ctx)
     sr = model.sample_rate
-    if args.run:
-        import json as _json
+    clips = load_clips(files, sr, reward)
+    result = score_clips(reward, clips, sr, prompts, [str(f) for f in files])
+    print(format_result_table(result, [f.name for f in files]))
+    out = {"reward": spec, "name": result.name, "files": [str(f) for f in files],
+           "scores": [float(x) for x in result.scores], "set_score": result.set_score,
+           "credit": None if result.credit is None else [float(x) for x in result.credit]}
+    atomic_write_json(out_path, out)  # strict JSON: NaN is written as null
+    print(f"wrote {out_path}")
+    import math
 
+    finite = [x for x in out["scores"] if math.isfinite(x)]
+    if not finite and (result.set_score is None or not math.isfinite(result.set_score)):
+        missing = " (it needs a prompt per clip: pass --prompt or score a --run with prompts)" \
+            if all(not p for p in prompts) else ""
+        raise DragontuneError(f"reward {result.name!r} could not score any of the {len(files)} clips: every score "
+                              f"is NaN{missing}; see the warnings above")
+    return 0
+
+
+def _score_inputs(args) -> tuple[list[Path], list[str]]:
+    """The files to score and their prompts (from --run's records, or --prompt for every clip of --audio-dir)."""
+    if args.run:
         run = Path(args.run)
+        if not run.is_dir():
+            raise DragontuneError(f"--run {str(run)!r} is not a directory")
         idx = run / "eval" / "audio" / "index.json"
         if (run / "samples.jsonl").is_file():  # written by `dragontune sample`
-            rows = [_json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+            rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines() if x.strip()]
             files, prompts = [run / r["file"] for r in rows], [r["prompt"] for r in rows]
         elif idx.is_file():  # a DRAGON run directory: the fine-tuned model's evaluation clips
-            pairs = _json.loads(idx.read_text())["pairs"]
+            pairs = json.loads(idx.read_text())["pairs"]
             files, prompts = [idx.parent / p["model"] for p in pairs], [p["prompt"] for p in pairs]
         else:
             files = sorted(run.glob("*.wav"))
-            prompts = [""] * len(files)
+            prompts = [args.prompt or ""] * len(files)
     else:
         d = Path(args.audio_dir)
         if not d.is_dir():
@@ -167,23 +224,7 @@ def cmd_score(args) -> int:
         prompts = [args.prompt or ""] * len(files)
     if not files:
         raise DragontuneError("no audio files to score (.wav or .flac)")
-    clips = [load_audio(f, sr) for f in files]
-    T = max(c.shape[-1] for c in clips)
-    audio = torch_stack([fit_length(c, T) for c in clips])
-    result = score_audio(reward, audio, sr, prompts)
-    print(format_result_table(result, [f.name for f in files]))
-    out = {"reward": spec, "name": result.name, "files": [str(f) for f in files],
-           "scores": [float(x) for x in result.scores], "set_score": result.set_score,
-           "credit": None if result.credit is None else [float(x) for x in result.credit]}
-    atomic_write_json(args.out, out)
-    print(f"wrote {args.out}")
-    return 0
-
-
-def torch_stack(xs):
-    import torch
-
-    return torch.stack(xs)
+    return files, prompts
 
 
 def cmd_encoders(args) -> int:
@@ -212,9 +253,16 @@ def cmd_train_aesthetics(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from dragontune.checks import at_least, check_device, check_sampler
     from dragontune.evaluate import evaluate_models, format_eval_table, load_prompts
     from dragontune.generate import SamplerConfig
+    from dragontune.utils import ensure_writable_dir
 
+    check_sampler(SamplerConfig(steps=args.steps, cfg=args.cfg), "--")
+    if args.n is not None:
+        at_least("--n", args.n, 1)
+    check_device("--device", args.device)
+    ensure_writable_dir(args.out)  # before any work
     prompts = load_prompts(args.prompts, corpus=args.corpus, limit=args.n)
     suite = args.suite if args.suite == "default" else [s for s in args.suite.split(",") if s]
     if args.seeds_per_prompt < 1:
@@ -231,7 +279,11 @@ def cmd_eval(args) -> int:
 
 def cmd_report(args) -> int:
     from dragontune.report import write_report
+    from dragontune.utils import ensure_writable_dir
 
+    if not Path(args.run_dir).is_dir():
+        raise DragontuneError(f"run folder {args.run_dir!r} does not exist")
+    ensure_writable_dir(args.run_dir)  # report.html goes there: find out before reading the run
     print(write_report(args.run_dir))
     return 0
 
@@ -281,15 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pre-train the text-to-audio DiT")
     p.add_argument("config", nargs="?", default=None)
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in out_dir")
+    p.add_argument("--dry-run", action="store_true", help="check and print the resolved config, then stop")
     p.set_defaults(fn=cmd_pretrain)
 
     f = sub.add_parser("finetune", help="DRAGON fine-tuning toward a reward")
     f.add_argument("config", nargs="?", default=None)
     f.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     f.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
-    f.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    f.add_argument("--overwrite", action="store_true", help="replace the run already in out_dir")
+    f.add_argument("--dry-run", action="store_true", help="check and print the resolved config, then stop")
     f.set_defaults(fn=cmd_finetune)
 
     tc = sub.add_parser("text-cache", help="precompute text-encoder outputs for a prompt set")
@@ -383,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--n-per-prompt", type=int, default=1)
     sm.add_argument("--steps", type=int, default=40)
     sm.add_argument("--cfg", type=float, default=4.0)
+    sm.add_argument("--cfg-rescale", type=float, default=0.0,
+                    help="guidance rescale phi in [0, 1]: keeps guided latents at the conditional level (0 = off)")
     sm.add_argument("--cfgpp", action="store_true")
     sm.add_argument("--cfgpp-scale", type=float, default=0.6, help="CFG++ lambda, typically in [0, 1]")
     sm.add_argument("--cfgpp-steps", type=int, nargs=2, metavar=("START", "STOP"),
@@ -405,6 +461,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args) or 0)
     except DragontuneError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            raise
+        print(f"error: disk full while writing {e.filename or 'output'}; free some space and run the command again "
+              "(--resume for pretrain/finetune)", file=sys.stderr)
         return 2
 
 

@@ -41,7 +41,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, corpus: str | N
     log.info("demo: corpus %s, run directory %s (%s)", corpus, out, "quick" if quick else "full")
     ensure_corpus(cfg.data)
     t1 = time.time()
-    final = finetune(cfg)
+    final = finetune(cfg, overwrite=(out / "config.yaml").is_file())  # a new demo replaces the previous one
     t2 = time.time()
     n_eval = 16 if quick else 48
     prompts = load_prompts("test", corpus=corpus, limit=n_eval)

@@ -20,6 +20,7 @@ class SamplerConfig:
     steps: int = 40
     sampler: str = "dpmpp_2m"         # euler | heun | dpmpp_2m
     cfg: float = 4.0                  # classifier-free guidance scale (1 = conditional only)
+    cfg_rescale: float = 0.0          # guidance rescale phi in [0, 1]: guided estimate moved to the conditional's mean/std (0 = off)
     cfgpp: bool = False               # CFG++ (guided x0, unconditional re-noising)
     cfgpp_scale: float = 0.6          # CFG++ lambda, typically in [0, 1]
     cfgpp_steps: list[int] = dataclasses.field(default_factory=list)  # [start, stop) step indices; [] = all
@@ -38,7 +39,7 @@ def make_guided(model, cond: dict, sc: SamplerConfig):
             return CFGPPDenoiser(model.denoiser, cond, uncond, sc.cfgpp_scale,
                                  steps=(int(sc.cfgpp_steps[0]), int(sc.cfgpp_steps[1])), cfg_scale=sc.cfg)
         return CFGPPDenoiser(model.denoiser, cond, uncond, sc.cfgpp_scale)
-    return CFGDenoiser(model.denoiser, cond, uncond, sc.cfg)
+    return CFGDenoiser(model.denoiser, cond, uncond, sc.cfg, rescale=sc.cfg_rescale)
 
 
 @torch.no_grad()

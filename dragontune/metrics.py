@@ -252,9 +252,10 @@ def per_song_fad(frames: torch.Tensor | list[torch.Tensor], ref: GaussianStats, 
     """fadtk's per-song FAD: the frames of one clip form the test Gaussian, compared with ``ref``.
 
     ``frames`` is ``[n, d]`` (one clip -> scalar), ``[B, n, d]`` or a list of ``[n_b, d]`` (-> ``[B]``).
-    A clip's covariance has rank < n << d, so the trace term comes from the n x n Gram matrix
-    ``Xc R Xc^T / (n - 1)`` (same non-zero eigenvalues as ``S C S``); all clips are batched into one call
-    (shorter clips are zero-padded after centring, which adds only zero eigenvalues).
+    A clip with ``n <= d`` frames has a covariance of rank < n, so its trace term comes from the n x n Gram
+    matrix ``Xc R Xc^T / (n - 1)`` (same non-zero eigenvalues as ``S C S``); such clips are batched a few at a
+    time (shorter ones zero-padded after centring, which adds only zero eigenvalues). A longer clip (``n > d``)
+    uses its d x d covariance instead, so memory stays O(d^2) per clip however long it is (never n^2).
     Raises :class:`MetricError` if a clip has fewer than 2 frames.
     """
     single = isinstance(frames, torch.Tensor) and frames.dim() == 2
@@ -267,7 +268,6 @@ def per_song_fad(frames: torch.Tensor | list[torch.Tensor], ref: GaussianStats, 
     if not clips:
         raise MetricError("per_song_fad got no clips")
     d = ref.dim
-    rows = []
     for b, f in enumerate(clips):
         nm = name if single else f"{name} {b}"
         if f.dim() != 2:
@@ -278,21 +278,29 @@ def per_song_fad(frames: torch.Tensor | list[torch.Tensor], ref: GaussianStats, 
                 "(use longer clips)"
             )
         _check_dims(f.shape[1], d, f"{nm} frames", "reference statistics")
-        rows.append(f)
-    dev = rows[0].device
-    nmax = max(f.shape[0] for f in rows)
-    xc = torch.zeros(len(rows), nmax, d, dtype=_F64, device=dev)
-    mus = torch.empty(len(rows), d, dtype=_F64, device=dev)
-    for b, f in enumerate(rows):
-        f = f.detach().to(device=dev, dtype=_F64)
-        check_finite(f, name if single else f"{name} {b} frames")
-        mus[b] = f.mean(0)
-        xc[b, : f.shape[0]] = f - mus[b]
-    nrows = torch.tensor([f.shape[0] for f in rows], device=dev)
+        check_finite(f, f"{nm} frames")
+    dev = clips[0].device
+    out = torch.empty(len(clips), dtype=_F64, device=dev)
     mu_r, cov_r = ref.mu.to(device=dev, dtype=_F64), ref.cov.to(device=dev, dtype=_F64)
-    tr_c, tr_sqrt = _fad_gram(xc, nrows, cov_r)
-    diff = mus - mu_r
-    out = ((diff * diff).sum(-1) + tr_c + torch.trace(cov_r) - 2 * tr_sqrt).clamp_min(0.0)
+    short = [b for b, f in enumerate(clips) if f.shape[0] <= d]
+    for b, f in enumerate(clips):
+        if f.shape[0] > d:  # the d x d route with the reference's cached square root
+            st = gaussian_stats(f.detach().to(device=dev, dtype=_F64), f"{name} {b}")
+            out[b] = frechet_distance(st.mu, st.cov, mu_r, cov_r, sqrt_cov2=ref.sqrt().to(device=dev, dtype=_F64))
+    per_chunk = 16  # Gram matrices of at most 16 clips at once: memory <= 16 d^2
+    for c in range(0, len(short), per_chunk):
+        idx = short[c:c + per_chunk]
+        rows = [clips[b].detach().to(device=dev, dtype=_F64) for b in idx]
+        nmax = max(f.shape[0] for f in rows)
+        xc = torch.zeros(len(rows), nmax, d, dtype=_F64, device=dev)
+        mus = torch.empty(len(rows), d, dtype=_F64, device=dev)
+        for j, f in enumerate(rows):
+            mus[j] = f.mean(0)
+            xc[j, : f.shape[0]] = f - mus[j]
+        nrows = torch.tensor([f.shape[0] for f in rows], device=dev)
+        tr_c, tr_sqrt = _fad_gram(xc, nrows, cov_r)
+        diff = mus - mu_r
+        out[idx] = ((diff * diff).sum(-1) + tr_c + torch.trace(cov_r) - 2 * tr_sqrt).clamp_min(0.0)
     return out[0] if single else out
 
 

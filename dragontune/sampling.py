@@ -426,29 +426,49 @@ class CFGDenoiser:
     expanded; cond and uncond tensors must agree except in the batch dim — the caller pads).
     ``extra_args`` are passed unchanged, so per-sample tensors belong in cond/uncond.
     ``scale == 1`` evaluates the conditional branch only (batch B).
+
+    ``rescale`` (phi in [0, 1]) blends the guided estimate with a copy of it moved to the conditional estimate's
+    per-sample mean and standard deviation (guidance rescale, after Lin et al. 2024, here with the mean too):
+    in a log-spectral latent space guidance extrapolates log-energies, and the decoded level grows
+    exponentially with the overshoot (docs/sampling.md, "Loudness").
     """
 
     def __init__(
-        self, denoiser: Denoiser, cond: Mapping[str, Tensor], uncond: Mapping[str, Tensor], scale: float
+        self, denoiser: Denoiser, cond: Mapping[str, Tensor], uncond: Mapping[str, Tensor], scale: float,
+        rescale: float = 0.0,
     ):
         self.branches = _Branches(denoiser, cond, uncond)
         self.scale = _check_scale("scale", scale)
+        self.rescale = _check_scale("rescale", rescale)
+        if not 0.0 <= self.rescale <= 1.0:
+            raise ConfigError(f"cfg rescale={rescale!r} must be in [0, 1] (0 = plain CFG)")
 
     def predict(self, x: Tensor, sigma: Tensor, step: StepInfo | None = None, **extra_args) -> Prediction:
-        g = _cfg(self.branches, x, sigma, self.scale, extra_args)
+        g = _cfg(self.branches, x, sigma, self.scale, extra_args, self.rescale)
         return Prediction(g, g, ("cfg", self.scale))
 
     def __call__(self, x: Tensor, sigma: Tensor, **extra_args) -> Tensor:
         return self.predict(x, sigma, None, **extra_args).denoised
 
 
-def _cfg(br: _Branches, x: Tensor, sigma: Tensor, scale: float, extra: Mapping[str, Any]) -> Tensor:
+def _cfg(br: _Branches, x: Tensor, sigma: Tensor, scale: float, extra: Mapping[str, Any],
+         rescale: float = 0.0) -> Tensor:
     if scale == 1.0:
         return br.one(x, sigma, extra, "cond")
     if scale == 0.0:
         return br.one(x, sigma, extra, "uncond")
     c, u = br.both(x, sigma, extra)
-    return u + scale * (c - u)
+    g = u + scale * (c - u)
+    return g if rescale == 0.0 else rescale_to(g, c, rescale)
+
+
+def rescale_to(g: Tensor, c: Tensor, phi: float) -> Tensor:
+    """``phi * g' + (1 - phi) * g`` where ``g'`` is ``g`` with the per-sample mean and std of ``c``."""
+    dims = tuple(range(1, g.dim()))
+    mg, sg = g.mean(dim=dims, keepdim=True), g.std(dim=dims, keepdim=True)
+    mc, sc = c.mean(dim=dims, keepdim=True), c.std(dim=dims, keepdim=True)
+    moved = (g - mg) * (sc / sg.clamp_min(1e-12)) + mc
+    return phi * moved + (1.0 - phi) * g
 
 
 class CFGPPDenoiser:

@@ -16,22 +16,14 @@ from pathlib import Path
 
 import torch
 
-from dragontune.config import dump_yaml, to_dict
+from dragontune.config import to_dict
 from dragontune.data.corpus import DataConfig, ensure_corpus
 from dragontune.optim import OptimConfig, flatten_optimizer, unflatten_optimizer
-from dragontune.errors import CheckpointError, ConfigError
+from dragontune.errors import ConfigError
 from dragontune.models.checkpoint import ModelSpec, load_state_strict, save_model
 from dragontune.models.dit import DiT, DiTConfig, beat_period_frames
 from dragontune.models.edm import EDMDenoiser, P_MEAN, P_STD, count_params, denoising_loss, sample_sigma
-from dragontune.utils import (
-    atomic_write_json,
-    atomic_write_text,
-    ensure_writable_dir,
-    load_safetensors,
-    log,
-    resolve_device,
-    save_safetensors_atomic,
-)
+from dragontune.utils import atomic_write_json, log, resolve_device
 
 
 @dataclasses.dataclass
@@ -149,60 +141,52 @@ class TextTable:
 # checkpoint state
 
 
-def _state_paths(out: Path, step: int) -> tuple[Path, Path]:
-    d = out / "checkpoints"
-    return d / f"step-{step:07d}.safetensors", d / f"step-{step:07d}.state.safetensors"
-
-
-def save_training_state(out: Path, step: int, epoch: int, pos: int, net, ema, opt, gen: torch.Generator,
+def save_training_state(run, step: int, epoch: int, pos: int, net, ema, opt, gen: torch.Generator,
                         spec: ModelSpec, keep: int, extra: dict | None = None) -> Path:
-    model_path, state_path = _state_paths(out, step)
-    save_model(model_path, ema, spec)  # EMA weights: the model to use
+    """Checkpoint ``step-NNNNNNN``: EMA model (the model to use) and the state to resume exactly."""
+    model_t = {f"net.{k}": v for k, v in ema.state_dict().items()}
     tensors, ometa = flatten_optimizer(opt)
     tensors.update({f"net.{k}": v for k, v in net.state_dict().items()})
     tensors["rng.train"] = gen.get_state()
     meta = {"step": step, "epoch": epoch, "pos": pos, "optim": ometa, "extra": extra or {}}
-    save_safetensors_atomic(tensors, state_path, {"state": json.dumps(meta, default=str)})
-    atomic_write_json(out / "checkpoints" / "latest.json",
-                      {"step": step, "model": model_path.name, "state": state_path.name})
-    ckpts = sorted((out / "checkpoints").glob("step-*.state.safetensors"))
-    for old in ckpts[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
-        Path(str(old).replace(".state.safetensors", ".safetensors")).unlink(missing_ok=True)
-    return model_path
+    return run.save_checkpoint(f"step-{step:07d}", {"model": (model_t, spec.to_metadata()),
+                                                     "state": (tensors, {"state": json.dumps(meta, default=str)})},
+                               {"step": step}, keep=keep, fault_tag=f"pretrain:{step}")
 
 
-def load_training_state(out: Path):
-    latest = out / "checkpoints" / "latest.json"
-    if not latest.is_file():
-        raise CheckpointError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r} (latest.json missing); "
-                              "start without --resume")
-    info = json.loads(latest.read_text())
-    d = out / "checkpoints"
-    ema_t, _ = load_safetensors(d / info["model"])
-    tensors, meta = load_safetensors(d / info["state"])
-    return ema_t, tensors, json.loads(meta["state"])
+def load_training_state(run):
+    """``(ema tensors, ema metadata, state tensors, state meta)`` of the latest checkpoint, or None."""
+    ck = run.load_checkpoint()
+    if ck is None:
+        return None
+    _, parts = ck
+    (ema_t, ema_meta), (tensors, meta) = parts["model"], parts["state"]
+    return ema_t, ema_meta, tensors, json.loads(meta["state"])
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the loop
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
-    """Pre-train a text-to-audio DiT; returns the path of the final EMA model checkpoint."""
+def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Pre-train a text-to-audio DiT; returns the path of the final EMA model checkpoint.
+
+    ``resume`` continues the run in ``cfg.out_dir`` (its config must match); ``overwrite`` replaces a run there.
+    """
     from tqdm.auto import tqdm
 
+    from dragontune.checks import check_pretrain
     from dragontune.codecs import LogMelCodec, codec_from_config, fit_scale
+    from dragontune.rundir import RunDir, disk_full_guard, fault_point
     from dragontune.text import build_text_encoder
 
-    out = ensure_writable_dir(cfg.out_dir)
+    check_pretrain(cfg)
+    run = RunDir.open(cfg.out_dir, to_dict(cfg), kind="pretrain", resume=resume, overwrite=overwrite)
+    out = run.path
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     use_bf16 = (cfg.precision == "bf16") or (cfg.precision == "auto" and device.type == "cuda")
-    if cfg.precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"precision={cfg.precision!r}; use auto, fp32 or bf16")
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
 
     # -- data, codec, text
     sr = cfg.codec.sample_rate
@@ -215,12 +199,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
         if known == 0:
             raise ConfigError(f"model.tempo_bins={cfg.model.tempo_bins} but no training clip of {cfg.data.corpus!r} "
                               "has a 'tempo' (or 'bpm') value in its metadata; add one or set model.tempo_bins=0")
-    resumed = None
-    if resume:
-        resumed = load_training_state(out)
-        spec_meta = load_safetensors(out / "checkpoints" / json.loads(
-            (out / "checkpoints" / "latest.json").read_text())["model"])[1]
-        codec = codec_from_config(json.loads(spec_meta["codec"]))
+    resumed = load_training_state(run) if resume else None
+    if resume and resumed is None:
+        log.info("--resume: %s has no checkpoint yet; starting from step 0", out)
+    run.truncate_metrics("step", resumed[3]["step"] if resumed is not None else 0)
+    if resumed is not None:
+        codec = codec_from_config(json.loads(resumed[1]["codec"]))
     else:
         codec = fit_scale(LogMelCodec(**dataclasses.asdict(cfg.codec)),
                           (audio[i:i + 64] for i in range(0, audio.shape[0], 64)))
@@ -267,7 +251,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed)
     step, epoch, pos = 0, 0, 0
     if resumed is not None:
-        ema_t, tensors, meta = resumed
+        ema_t, _, tensors, meta = resumed
         load_state_strict(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, str(out))
         load_state_strict(ema, {k[4:]: v for k, v in ema_t.items() if k.startswith("net.")}, str(out))
         opt.load_state_dict(unflatten_optimizer(tensors, meta["optim"]))
@@ -284,7 +268,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
     def perm(ep: int) -> torch.Tensor:
         return torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 100003 + ep))
 
-    metrics_f = open(out / "metrics.jsonl", "a")
     order = perm(epoch)
     t_last, losses, tempo_losses = time.time(), [], []
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", dynamic_ncols=True, disable=None)
@@ -319,6 +302,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
                                                else float("inf"))
         opt.step()
         step += 1
+        fault_point(f"pretrain:{step}")
         decay = min(0.5 ** (1.0 / max(cfg.ema_halflife_steps, 1e-8)), (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, pn in zip(ema.parameters(), net.parameters()):
@@ -337,19 +321,19 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
             rec = rec or {"step": step}
             rec["val_loss"] = validation_loss(EDMDenoiser(ema), val, device)
         if rec is not None:
-            metrics_f.write(json.dumps(rec) + "\n")
-            metrics_f.flush()
+            run.append_metrics(rec)
             bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "val_loss")})
             log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "step"))
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_training_state(out, step, epoch, pos, net, ema, opt, gen, spec, cfg.keep_checkpoints)
+            save_training_state(run, step, epoch, pos, net, ema, opt, gen, spec, cfg.keep_checkpoints)
         if cfg.sample_every > 0 and step % cfg.sample_every == 0 and step != cfg.steps:
             write_samples(out / "samples" / f"step-{step:07d}", ema, spec, codec, text_encoder, cfg, device)
     bar.close()
-    metrics_f.close()
     final = out / "model.safetensors"
-    save_model(final, ema, spec)
-    write_samples(out / "samples" / "final", ema, spec, codec, text_encoder, cfg, device)
+    with disk_full_guard(str(final), "the last checkpoint is complete (resume to write the final model)"):
+        save_model(final, ema, spec)
+        write_samples(out / "samples" / "final", ema, spec, codec, text_encoder, cfg, device)
+    run.close()
     log.info("pretrain done: %s", final)
     return final
 

@@ -86,7 +86,7 @@ def test_pool_is_in_the_checkpoint_and_resume_is_exact(env, tmp_path):
     # a run without builder=pool cannot resume into one
     other = tmp_path / "other"
     finetune(cfg_for(env, other, rounds=2, builder="loo"), stop_after_round=1)
-    with pytest.raises(Exception, match="holds no credit pool"):
+    with pytest.raises(Exception, match="builder: 'loo' -> 'pool'"):  # the run folder's identity check
         finetune(cfg_for(env, other, rounds=2, builder="pool"), resume=True)
 
 

@@ -18,37 +18,26 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import signal
 import time
 from pathlib import Path
 
 import torch
 
 from dragontune import dist
-from dragontune.config import dump_yaml
 from dragontune.dragon.builders import build_demonstrations, validate_combination
 from dragontune.dragon.health import LearningMonitor
-from dragontune.dragon.losses import KTO_REFERENCES, KTO_UTILITIES, diffusion_dpo_loss, diffusion_kto_loss
+from dragontune.dragon.losses import diffusion_dpo_loss, diffusion_kto_loss
 from dragontune.dragon.pool import FeaturePool, PoolConfig
 from dragontune.dragon.recipes import resolve_recipe
-from dragontune.errors import CheckpointError, ConfigError, DataError
+from dragontune.errors import ConfigError, DataError
 from dragontune.generate import SamplerConfig, generate_latents, generate_latents_cached
 from dragontune.models.checkpoint import load_model, load_state_strict, save_model
 from dragontune.models.edm import P_MEAN, P_STD, denoising_loss, sample_sigma
 from dragontune.rewards.base import Features, ScoringBatch, nanmean
 from dragontune.data.corpus import DataConfig, ensure_corpus
 from dragontune.optim import OptimConfig, flatten_optimizer, unflatten_optimizer
-from dragontune.utils import (
-    atomic_write_json,
-    atomic_write_text,
-    ensure_writable_dir,
-    load_safetensors,
-    log,
-    resolve_device,
-    save_safetensors_atomic,
-    sha256_tensors,
-)
+from dragontune.rundir import fault_point, write_demo_record
+from dragontune.utils import atomic_write_json, log, resolve_device, sha256_tensors
 
 
 @dataclasses.dataclass
@@ -150,52 +139,66 @@ def round_prompts(pool: list[str], seed: int, rnd: int, n: int) -> list[str]:
 # checkpoints
 
 
-def _save_checkpoint(out: Path, rnd: int, policy, opt, credit_pool: FeaturePool | None = None) -> None:
-    d = out / "checkpoints"
-    save_model(d / f"round-{rnd:05d}.safetensors", policy.net, policy.spec)
+def _save_checkpoint(run, rnd: int, policy, opt, credit_pool: FeaturePool | None = None,
+                     extra: dict | None = None) -> None:
+    """Checkpoint ``round-NNNNN``: the policy, and the optimiser state with the credit pool beside it (training
+    state: a resumed run must see the same pool); ``extra`` adds named parts ``{part: (tensors, metadata)}``."""
     tensors, ometa = flatten_optimizer(opt)
-    if credit_pool is not None:  # the credit pool is training state: a resumed run must see the same pool
-        tensors = {**tensors, **credit_pool.state_tensors()}
-    save_safetensors_atomic(tensors, d / f"round-{rnd:05d}.state.safetensors",
-                            {"state": json.dumps({"round": rnd, "optim": ometa}, default=str)})
-    atomic_write_json(d / "latest.json", {"round": rnd, "model": f"round-{rnd:05d}.safetensors",
-                                          "state": f"round-{rnd:05d}.state.safetensors"})
-
-
-def _load_checkpoint(out: Path, policy, opt, credit_pool: FeaturePool | None = None) -> int:
-    from dragontune.models.checkpoint import read_model_file
-    latest = out / "checkpoints" / "latest.json"
-    if not latest.is_file():
-        raise CheckpointError(f"--resume: {str(latest)!r} not found; run without --resume to start fresh")
-    info = json.loads(latest.read_text())
-    state, _ = read_model_file(out / "checkpoints" / info["model"])
-    load_state_strict(policy.net, state, info["model"])
-    tensors, meta = load_safetensors(out / "checkpoints" / info["state"])
     if credit_pool is not None:
-        credit_pool.load_state_tensors(tensors, str(out / "checkpoints" / info["state"]))
+        tensors = {**tensors, **credit_pool.state_tensors()}
+    parts = {"model": ({f"net.{k}": v for k, v in policy.net.state_dict().items()}, policy.spec.to_metadata()),
+             "state": (tensors, {"state": json.dumps({"round": rnd, "optim": ometa}, default=str)})}
+    parts.update(extra or {})
+    run.save_checkpoint(f"round-{rnd:05d}", parts, {"round": rnd}, fault_tag=str(rnd))
+
+
+def _load_checkpoint(run, policy, opt, credit_pool: FeaturePool | None = None) -> tuple[int, dict]:
+    """Load the latest checkpoint into ``policy``, ``opt`` (and the credit pool); returns its round (0: there is
+    none yet) and all its parts."""
+    ck = run.load_checkpoint()
+    if ck is None:
+        return 0, {}
+    info, parts = ck
+    state = {k[4:]: v for k, v in parts["model"][0].items() if k.startswith("net.")}
+    load_state_strict(policy.net, state, str(run.ckpt_dir / info["model"]))
+    tensors, meta = parts["state"]
+    if credit_pool is not None:
+        credit_pool.load_state_tensors(tensors, str(run.ckpt_dir / info["state"]))
     tensors = {k: v for k, v in tensors.items() if not k.startswith("pool.")}
     opt.load_state_dict(unflatten_optimizer(tensors, json.loads(meta["state"])["optim"]))
-    return int(info["round"])
+    return int(info["round"]), parts
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the loop
 
 
-def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | None = None) -> Path:
-    """Run DRAGON; returns the path of the final policy checkpoint. ``stop_after_round`` is for tests."""
+def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | None = None,
+             overwrite: bool = False) -> Path:
+    """Run DRAGON; returns the path of the final policy checkpoint. ``stop_after_round`` is for tests.
+
+    ``resume`` continues the run in ``cfg.out_dir`` (its config must match); ``overwrite`` replaces a run there.
+    """
     from tqdm.auto import tqdm
 
+    from dragontune.checks import check_finetune
     from dragontune.rewards.registry import RewardContext, build_reward
+    from dragontune.rundir import RunDir
 
     # -- set-up and checks
+    check_finetune(cfg)
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
     device = dist.local_device(device)
     R, W = dist.rank(), dist.world()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    out = ensure_writable_dir(cfg.out_dir)
+    if dist.is_main():  # rank 0 owns the run folder: lock, identity check, config.yaml
+        run = RunDir.open(cfg.out_dir, dataclasses.asdict(cfg), kind="finetune", resume=resume, overwrite=overwrite)
+    else:
+        run = RunDir(Path(cfg.out_dir), kind="finetune")
+    dist.barrier()
+    out = run.path
     use_bf16 = (cfg.precision == "bf16") or (cfg.precision == "auto" and device.type == "cuda")
     K, P = cfg.k_per_prompt, cfg.prompts_per_round
     N = P * K
@@ -205,21 +208,12 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         raise ConfigError(f"p_reference={cfg.p_reference} must be in [0, 1]")
     if cfg.batch_per_update < W:
         raise ConfigError(f"batch_per_update={cfg.batch_per_update} is smaller than the {W} processes")
-    if cfg.kto_reference not in KTO_REFERENCES:
-        raise ConfigError(f"kto_reference={cfg.kto_reference!r} must be one of {', '.join(KTO_REFERENCES)}")
-    if cfg.kto_noise not in ("independent", "paired"):
-        raise ConfigError(f"kto_noise={cfg.kto_noise!r} must be 'independent' or 'paired'")
-    if cfg.kto_utility not in KTO_UTILITIES:
-        raise ConfigError(f"kto_utility={cfg.kto_utility!r} must be one of {', '.join(KTO_UTILITIES)}")
-    cfg.pool.check()
     policy = load_model(cfg.baseline or None, device=device)
     reference = policy.copy_frozen()
     ensure_corpus(cfg.data)
     ctx = RewardContext(codec=policy.codec, device=device)
     reward = build_reward(cfg.reward, ctx)
     watch = [build_reward(w, ctx) for w in cfg.watch]
-    if not cfg.set_reward_lr >= 0:
-        raise ConfigError(f"set_reward_lr={cfg.set_reward_lr!r} must be >= 0 (0: use optim.lr for set rewards too)")
     recipe = resolve_recipe(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options, cfg.set_reward_lr)
     builder, loss_name, builder_options = recipe.builder, recipe.loss, recipe.options
     lr = recipe.lr if recipe.lr is not None else cfg.optim.lr
@@ -235,13 +229,11 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     opt = torch.optim.Adam(policy.net.parameters(), lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                            weight_decay=cfg.optim.weight_decay)
     ref_hash = sha256_tensors(reference.net.state_dict())
-    start = 0
+    start, ckpt_parts = _load_checkpoint(run, policy, opt, credit_pool) if resume else (0, {})
     if resume:
-        start = _load_checkpoint(out, policy, opt, credit_pool)
-        log.info("resumed after round %d", start)
+        log.info("resumed after round %d", start) if start else log.info("--resume: no checkpoint yet; from round 0")
     if dist.is_main():
-        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-        _truncate_metrics(out / "metrics.jsonl", start)
+        run.truncate_metrics("round", start if start > 0 else -1)  # round 0 is written again when start is 0
     arith = {"processes": W, "prompts_per_round": P, "k_per_prompt": K, "samples_per_round": N,
              "samples_per_process": math.ceil(N / W), "updates_per_round": cfg.updates_per_round,
              "batch_per_update": cfg.batch_per_update, "batch_per_process": cfg.batch_per_update // W,
@@ -286,11 +278,10 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
             res[f"eval/{w.name}"] = w.set_score(batch)
         return res
 
-    mf = open(out / "metrics.jsonl", "a") if dist.is_main() else None
+    mf = run if dist.is_main() else None
     if start == 0 and mf is not None:
         rec = {"round": 0, **evaluate(policy)}
-        mf.write(json.dumps(rec) + "\n")
-        mf.flush()
+        mf.append_metrics(rec)
         log.info("round 0 (baseline) %s", _fmt(rec))
     if builder == "pool" and start == 0 and cfg.pool.warmup_clips > 0:  # every rank generates its stripe
         # fill the pool with the frozen reference's generations before round 1 (round-0 statistics at full size)
@@ -322,6 +313,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         # ---- 2. generate this rank's stripe, then gather the full set
         latents = generate(prompts, seeds, from_ref)
         t1 = time.time()
+        _fault_point(rnd, "generate")
         # ---- 3.-4. score and build D+ / D- on rank 0 only (the batch is embedded once; set rewards see the
         # whole gathered set); every rank then trains on rank 0's demonstrations
         rec = {"round": rnd}
@@ -370,6 +362,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         demos, skipped = dist.broadcast_object((demos, skipped))
         rec["skipped_rounds"] = skipped
         t2 = time.time()
+        _fault_point(rnd, "score")
         # ---- 5. train
         if demos is not None:
             stats = _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, prompts, rnd, use_bf16)
@@ -388,30 +381,29 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         if not rec["ref_unchanged"]:
             raise RuntimeError("the frozen reference model changed during training; this is a bug")
         if mf is not None:
-            mf.write(json.dumps(rec, default=float) + "\n")
-            mf.flush()
+            mf.append_metrics(rec)
             log.info("round %d %s", rnd, _fmt(rec))
         bar.update(1)
         if (cfg.ckpt_every > 0 and rnd % cfg.ckpt_every == 0) or rnd == cfg.rounds:
             if dist.is_main():
-                _save_checkpoint(out, rnd, policy, opt, credit_pool)
+                _save_checkpoint(run, rnd, policy, opt, credit_pool)
             dist.barrier()
         if stop_after_round is not None and rnd >= stop_after_round:
             break
     bar.close()
-    if mf is not None:
-        mf.close()
     final = out / "model.safetensors"
     if dist.is_main():
-        save_model(final, policy.net, policy.spec)
+        from dragontune.rundir import disk_full_guard
+
+        with disk_full_guard(str(final), "the last checkpoint is complete (resume to write the final model)"):
+            save_model(final, policy.net, policy.spec)
+    run.close()
     return final
 
 
 def _fault_point(rnd: int, where: str) -> None:
     """Testing hook: ``DRAGONTUNE_FAULT=ROUND:WHERE`` sends SIGKILL to this process at that point."""
-    spec = os.environ.get("DRAGONTUNE_FAULT")
-    if spec and spec == f"{rnd}:{where}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    fault_point(f"{rnd}:{where}")
 
 
 def _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, prompts, rnd, use_bf16) -> dict:
@@ -505,18 +497,7 @@ def _write_demos(out: Path, rnd, prompts, seeds, from_ref, steps, scores, credit
             "reward": _f(scores[j]), "credit": _f(credit[j]) if credit is not None else None,
             "label": int(label[j]), "pair": pair_of[j],
         })
-    save_safetensors_atomic({"latents": latents}, d / f"round-{rnd:04d}.safetensors",
-                            {"round": str(rnd)})
-    atomic_write_text(d / f"round-{rnd:04d}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _truncate_metrics(path: Path, keep_round: int) -> None:
-    """On resume, drop metric lines of rounds after the checkpoint (they will be recomputed)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("round", 0) <= keep_round]
-    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+    write_demo_record(d, f"round-{rnd:04d}", {"latents": latents}, {"round": str(rnd)}, rows)
 
 
 def _f(v) -> float | None:

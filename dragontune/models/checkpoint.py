@@ -107,6 +107,9 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     except Exception as e:
         raise CheckpointError(f"model checkpoint {str(p)!r} could not be read ({e}); it is corrupt or not safetensors") from None
     spec = ModelSpec.from_metadata(meta, str(p))
+    from dragontune.rundir import check_finite
+
+    check_finite(tensors, str(p))  # a diverged run's weights: refuse here, not later at the output WAV
     state = {k[4:]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("net.")}
     return state, spec
 

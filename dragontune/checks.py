@@ -1,0 +1,226 @@
+"""Range checks of every config value, run before any work (and by ``--dry-run``).
+
+Each check raises a :class:`ConfigError` naming the dotted key, the value and the valid range. One function per
+command config: :func:`check_finetune`, :func:`check_pretrain`, :func:`check_sampler`; :func:`check_device`
+for the ``device`` strings every command takes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+from dragontune.errors import ConfigError
+
+
+def _bad(key: str, value: Any, valid: str, hint: str = "") -> ConfigError:
+    return ConfigError(f"{key}={value!r} is out of range: {valid}{'; ' + hint if hint else ''}")
+
+
+def _finite(key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise _bad(key, v, "must be a finite number")
+    return float(v)
+
+
+def at_least(key: str, v: Any, lo: float, hint: str = "") -> None:
+    if _finite(key, v) < lo:
+        raise _bad(key, v, f"must be >= {lo:g}", hint)
+
+
+def positive(key: str, v: Any, hint: str = "") -> None:
+    if not _finite(key, v) > 0:
+        raise _bad(key, v, "must be > 0", hint)
+
+
+def within(key: str, v: Any, lo: float, hi: float, hint: str = "", hi_open: bool = False) -> None:
+    x = _finite(key, v)
+    if not (lo <= x < hi if hi_open else lo <= x <= hi):
+        raise _bad(key, v, f"must be in [{lo:g}, {hi:g}{')' if hi_open else ']'}", hint)
+
+
+def one_of(key: str, v: Any, valid: Iterable[str]) -> None:
+    valid = tuple(valid)
+    if v not in valid:
+        raise _bad(key, v, f"must be one of {', '.join(valid)}")
+
+
+def check_device(key: str, device: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``mps`` where available); CUDA must exist if named."""
+    if device == "auto":
+        return
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise _bad(key, device, "must be auto, cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}={device!r} but CUDA is not available on this machine (torch "
+                              f"{torch.__version__}); use {key.split('.')[-1]}=cpu or auto")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise _bad(key, device, f"this machine has {torch.cuda.device_count()} CUDA device(s): cuda:0.."
+                                    f"cuda:{torch.cuda.device_count() - 1}")
+    elif d.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"{key}={device!r} but MPS is not available on this machine; use cpu or auto")
+    elif d.type != "cpu":
+        raise _bad(key, device, "must be auto, cpu, cuda or cuda:N")
+
+
+def check_sampler(sc, prefix: str = "sampler.") -> None:
+    from dragontune.sampling import SAMPLERS
+
+    p = prefix
+    at_least(p + "steps", sc.steps, 1)
+    one_of(p + "sampler", sc.sampler, sorted(SAMPLERS))
+    at_least(p + "cfg", sc.cfg, 0, "1 = conditional model only, larger = stronger guidance")
+    within(p + "cfg_rescale", sc.cfg_rescale, 0, 1, "0 = plain CFG")
+    at_least(p + "cfgpp_scale", sc.cfgpp_scale, 0, "CFG++ lambda, typically in [0, 1]")
+    if sc.cfgpp_steps:
+        st = list(sc.cfgpp_steps)
+        if len(st) != 2 or not all(isinstance(x, int) for x in st) or not 0 <= st[0] < st[1] <= sc.steps:
+            raise _bad(p + "cfgpp_steps", st, f"must be [] or [start, stop] with 0 <= start < stop <= steps={sc.steps}")
+    positive(p + "sigma_min", sc.sigma_min)
+    if not _finite(p + "sigma_max", sc.sigma_max) > sc.sigma_min:
+        raise _bad(p + "sigma_max", sc.sigma_max, f"must be > sigma_min={sc.sigma_min:g}")
+    positive(p + "rho", sc.rho)
+    at_least(p + "batch_size", sc.batch_size, 1)
+
+
+def check_optim(o, prefix: str = "optim.") -> None:
+    positive(prefix + "lr", o.lr)
+    within(prefix + "beta1", o.beta1, 0, 1, hi_open=True)
+    within(prefix + "beta2", o.beta2, 0, 1, hi_open=True)
+    at_least(prefix + "weight_decay", o.weight_decay, 0)
+    at_least(prefix + "grad_clip", o.grad_clip, 0, "0 = no clipping")
+    at_least(prefix + "warmup_steps", o.warmup_steps, 0)
+
+
+def check_data(d, prefix: str = "data.") -> None:
+    if not str(d.corpus).strip():
+        raise _bad(prefix + "corpus", d.corpus, "must be a folder path")
+    at_least(prefix + "synth_n", d.synth_n, 1)
+    positive(prefix + "duration", d.duration, "seconds per clip")
+
+
+def _common(cfg) -> None:
+    check_device("device", cfg.device)
+    one_of("precision", cfg.precision, ("auto", "fp32", "bf16"))
+    at_least("threads", cfg.threads, 0, "0 = torch's default")
+    within("cond_dropout", cfg.cond_dropout, 0, 1, "the share of prompts replaced by the null condition")
+    positive("p_std", cfg.p_std)
+    _finite("p_mean", cfg.p_mean)
+    check_optim(cfg.optim)
+    check_data(cfg.data)
+
+
+def check_finetune(cfg) -> None:
+    """Every value of a :class:`DragonConfig` (no model, corpus or reward is loaded)."""
+    from dragontune.dragon.builders import BUILDERS, LOSSES
+    from dragontune.dragon.losses import KTO_REFERENCES, KTO_UTILITIES
+    from dragontune.dragon.recipes import AUTO
+
+    _common(cfg)
+    at_least("rounds", cfg.rounds, 1)
+    at_least("prompts_per_round", cfg.prompts_per_round, 1)
+    at_least("k_per_prompt", cfg.k_per_prompt, 1)
+    within("p_reference", cfg.p_reference, 0, 1)
+    at_least("updates_per_round", cfg.updates_per_round, 1)
+    at_least("batch_per_update", cfg.batch_per_update, 1)
+    one_of("loss", cfg.loss, (*LOSSES, AUTO))
+    one_of("builder", cfg.builder, (*BUILDERS, AUTO))
+    one_of("kto_reference", cfg.kto_reference, KTO_REFERENCES)
+    one_of("kto_utility", cfg.kto_utility, KTO_UTILITIES)
+    one_of("kto_noise", cfg.kto_noise, ("independent", "paired"))
+    at_least("set_reward_lr", cfg.set_reward_lr, 0, "0 = optim.lr for set rewards too")
+    cfg.pool.check()
+    positive("beta", cfg.beta, "the DPO/KTO temperature (the paper uses 5000)")
+    at_least("kto_w_desirable", cfg.kto_w_desirable, 0)
+    at_least("kto_w_undesirable", cfg.kto_w_undesirable, 0)
+    if cfg.kto_w_desirable == 0 and cfg.kto_w_undesirable == 0:
+        raise ConfigError("kto_w_desirable=0 and kto_w_undesirable=0: at least one KTO weight must be > 0")
+    at_least("eval_n_prompts", cfg.eval_n_prompts, 0, "0 = no in-loop evaluation")
+    at_least("eval_every", cfg.eval_every, 0, "0 = only the first and last round")
+    at_least("ckpt_every", cfg.ckpt_every, 0, "0 = only the last round")
+    if not isinstance(cfg.reward, dict) or not str(cfg.reward.get("name", "")).strip():
+        raise _bad("reward", cfg.reward, "must be a mapping with a 'name', e.g. {name: per_song_fad, encoder: codec}")
+    for i, w in enumerate(cfg.watch):
+        if not isinstance(w, dict) or not str(w.get("name", "")).strip():
+            raise _bad(f"watch[{i}]", w, "must be a mapping with a 'name'")
+    for key in ("prompts", "eval_prompts"):
+        v = getattr(cfg, key)
+        if not str(v).strip() or (str(v).startswith("corpus:") and not str(v)[7:].strip()):
+            raise _bad(key, v, "must be corpus:SPLIT or a text file with one prompt per line")
+    check_sampler(cfg.sampler, "sampler.")
+    check_sampler(cfg.eval_sampler, "eval_sampler.")
+
+
+def check_model(m, prefix: str = "model.") -> None:
+    at_least(prefix + "latent_channels", m.latent_channels, 1)
+    at_least(prefix + "patch_size", m.patch_size, 1)
+    at_least(prefix + "width", m.width, 1)
+    at_least(prefix + "depth", m.depth, 1)
+    at_least(prefix + "heads", m.heads, 1)
+    if m.width % m.heads:
+        divisors = [h for h in range(1, min(m.width, 64) + 1) if m.width % h == 0]
+        raise _bad(prefix + "heads", m.heads, f"must divide model.width={m.width} (e.g. one of "
+                                              f"{', '.join(map(str, divisors[-6:]))})")
+    if m.rope and (m.width // m.heads) % 2:
+        raise _bad(prefix + "heads", m.heads, f"with model.rope the head size width/heads={m.width // m.heads} must "
+                                              "be even")
+    positive(prefix + "mlp_ratio", m.mlp_ratio)
+    at_least(prefix + "text_dim", m.text_dim, 1)
+    at_least(prefix + "noise_freqs", m.noise_freqs, 2)
+    if m.noise_freqs % 2:
+        raise _bad(prefix + "noise_freqs", m.noise_freqs, "must be even (cosine and sine halves)")
+    at_least(prefix + "refine_channels", m.refine_channels, 0, "0 = no refiner head")
+    if m.refine_kernel < 1 or m.refine_kernel % 2 == 0:
+        raise _bad(prefix + "refine_kernel", m.refine_kernel, "must be a positive odd number")
+    positive(prefix + "rope_theta", m.rope_theta)
+    at_least(prefix + "tempo_bins", m.tempo_bins, 0, "0 = no tempo conditioning")
+    if m.tempo_bins > 0:
+        positive(prefix + "tempo_period_min", m.tempo_period_min)
+        if not _finite(prefix + "tempo_period_max", m.tempo_period_max) > m.tempo_period_min:
+            raise _bad(prefix + "tempo_period_max", m.tempo_period_max,
+                       f"must be > model.tempo_period_min={m.tempo_period_min:g}")
+        at_least(prefix + "tempo_harmonics", m.tempo_harmonics, 1)
+    # anything the network's own constructor refuses, found on the meta device (no memory, no time)
+    from dragontune.models.dit import DiT
+
+    try:
+        with torch.device("meta"):
+            DiT(m)
+    except (ValueError, AssertionError) as e:
+        raise ConfigError(f"model config: {e}") from None
+
+
+def check_pretrain(cfg) -> None:
+    """Every value of a :class:`PretrainConfig` (no corpus or text encoder is loaded)."""
+    from dragontune.codecs import LogMelCodec
+    import dataclasses
+
+    _common(cfg)
+    at_least("steps", cfg.steps, 1)
+    at_least("batch_size", cfg.batch_size, 1)
+    at_least("tempo_loss_weight", cfg.tempo_loss_weight, 0)
+    positive("ema_halflife_steps", cfg.ema_halflife_steps)
+    at_least("log_every", cfg.log_every, 1)
+    at_least("val_every", cfg.val_every, 0, "0 = no validation")
+    at_least("val_samples", cfg.val_samples, 0)
+    at_least("sample_every", cfg.sample_every, 0, "0 = only at the end")
+    at_least("sample_steps", cfg.sample_steps, 1)
+    at_least("sample_cfg", cfg.sample_cfg, 0)
+    at_least("ckpt_every", cfg.ckpt_every, 1)
+    at_least("keep_checkpoints", cfg.keep_checkpoints, 0, "0 = keep all")
+    check_model(cfg.model)
+    codec = LogMelCodec(**dataclasses.asdict(cfg.codec))  # its constructor range-checks every codec value
+    if cfg.model.latent_channels != codec.latent_channels:
+        raise ConfigError(f"model.latent_channels={cfg.model.latent_channels} but the codec has "
+                          f"{codec.latent_channels} channels (codec.n_mels); make them equal")
+    frames = codec.latent_frames(int(round(cfg.data.duration * codec.sample_rate)))
+    if frames < cfg.model.patch_size or frames % cfg.model.patch_size:
+        raise ConfigError(f"latent length {frames} frames (data.duration={cfg.data.duration}s at "
+                          f"{codec.sample_rate} Hz, hop {codec.hop_length}) is not a positive multiple of "
+                          f"model.patch_size={cfg.model.patch_size}; change one of them")
