@@ -53,8 +53,12 @@ def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
         ov.append(f"builder={builder}")
     cfg = load_config(DragonConfig, ROOT / "configs" / "dragon_cpu.yaml", ov + list(args.extra))
     t0 = time.time()
-    final = finetune(cfg)
-    t_train = time.time() - t0
+    final = run / "model.safetensors"
+    if final.is_file():  # trained earlier, evaluation missing (e.g. interrupted): evaluate only
+        t_train = float("nan")
+    else:
+        final = finetune(cfg)
+        t_train = time.time() - t0
     prompts = load_prompts("test", corpus=args.corpus, limit=args.n_eval)
     suite = args.suite.split(",") if args.suite != "13" else SUITE13
     if seed not in [int(x) for x in args.side_seeds.split(",") if x]:
