@@ -160,3 +160,43 @@ def test_bad_pool_and_kto_settings_fail_before_work(env, tmp_path):
     with pytest.raises(ConfigError, match="pool.max_mb"):
         finetune(cfg_for(env, tmp_path / "c", **{"pool.size": 100000, "pool.max_mb": 1}))
     assert not (tmp_path / "c" / "metrics.jsonl").exists()
+
+
+def _torchrun_worker(rank, world, init_file, cfg_args, counts_dir):
+    """One rank of a two-process gloo run of the loop, counting reward scoring calls per rank."""
+    import os
+
+    import torch.distributed as tdist
+
+    from dragontune.rewards.builtin import FADReward
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), OMP_NUM_THREADS="1")
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    calls = []
+    orig = FADReward.features
+    FADReward.features = lambda self, batch: (calls.append(len(batch)), orig(self, batch))[1]
+    torch.set_num_threads(1)
+    finetune(load_config(DragonConfig, None, cfg_args))
+    (counts_dir / f"rank{rank}.json").write_text(json.dumps(calls))
+    tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_score_once_and_log_global_statistics(env, tmp_path):
+    """Under torchrun: rank 0 alone scores the gathered set (and the pool warm-up), both ranks train on its
+    demonstrations, and the logged pair count is the global one (batch_per_update), not rank 0's share."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "run"
+    args = overrides(env, out, **{"eval_n_prompts": 2, "eval_every": 1, "rounds": 1, "batch_per_update": 2,
+                                  "pool.size": 12, "pool.warmup": 8, "reward": FAD(env)})
+    mp.spawn(_torchrun_worker, args=(2, str(tmp_path / "init"), args, tmp_path), nprocs=2, join=True)
+    c0 = json.loads((tmp_path / "rank0.json").read_text())
+    c1 = json.loads((tmp_path / "rank1.json").read_text())
+    # rank 0: in-loop evaluation of round 0 (2 prompts), pool warm-up (8), round 1 (6), evaluation of round 1
+    assert c1 == [] and c0 == [2, 8, 6, 2]
+    recs = records(out)
+    assert [r["round"] for r in recs] == [0, 1]
+    for r in recs[1:]:
+        assert r["train/n_pairs"] == 2.0 and "eval/fad" in r  # the global count; evaluated once, on rank 0
+    assert (out / "model.safetensors").is_file()
