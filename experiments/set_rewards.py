@@ -125,7 +125,8 @@ def tables(args) -> str:
                 ok += int(r["lo"] > 0.5)
         wr = [r["win_rate"] for r, _, _ in rows]
         kind = rows[0][0].get("win_rate_kind", "")
-        tt = _mean_sd([ev["train_seconds"] for _, _, ev in rows])[0]
+        times = [ev["train_seconds"] for _, _, ev in rows if math.isfinite(ev["train_seconds"])]
+        tt = _mean_sd(times)[0] if times else float("nan")
         lines.append(f"| {name} | {builder} | {len(rows)} | {rows[0][0]['before']:.4g} | {m:.4g} ± {sd:.2g} | "
                      f"{'; '.join(per_seed)} | {ok} of {len(rows)} | {100 * sum(wr) / len(wr):.1f} % ({kind}) | "
                      f"{tt / 60:.1f} min |")
