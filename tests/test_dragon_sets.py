@@ -148,7 +148,7 @@ def test_saturation_share_of_the_losses():
     loss, st = diffusion_kto_loss(err_pol, err_ref, lab, beta=beta, reduce_reference=False, utility="log_sigmoid")
     g = -(err_pol.detach().double() - err_ref.double())
     s_ = torch.where(lab, beta * g, -beta * g)  # z = 0 (clamped)
-    assert float(loss) == pytest.approx(float((-torch.nn.functional.logsigmoid(s_)).mean()), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float((-torch.nn.functional.logsigmoid(s_)).mean()), rel=1e-6)
     assert st["saturated"] == 0.5  # D- samples are far on their side (flat), D+ far on the wrong side (not flat)
 
 
