@@ -8,6 +8,8 @@ import torch
 from dragontune.audio import load_audio, save_wav
 from dragontune.sampling import CFGDenoiser, rescale_to
 
+from tiny import Notes
+
 
 def toy(x, sigma, k):  # a denoiser whose conditional and unconditional estimates differ by k
     return 0.5 * x + k
@@ -58,13 +60,6 @@ def test_rescale_out_of_range_is_refused(capsys):
     assert "sampler.cfg_rescale=1.5" in capsys.readouterr().err
 
 
-class Notes(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 def test_saving_says_how_much_it_clipped(tmp_path):

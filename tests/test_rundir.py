@@ -19,7 +19,7 @@ from dragontune.rundir import RunDir, RunDirError, config_diff
 from dragontune.utils import load_safetensors, save_safetensors_atomic
 
 from test_dragon_loop import overrides
-from tiny import tiny_baseline, tiny_corpus, write_prompts
+from tiny import Notes, tiny_baseline, tiny_corpus, write_prompts
 
 PROMPTS = ["a soft piano melody", "fast drums", "a slow pad"]
 
@@ -39,13 +39,6 @@ def ft(env, out, *extra, **kw):
     return main(["finetune"] + overrides(env, out, **kw) + list(extra))
 
 
-class Notes(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -45,3 +46,14 @@ def tiny_baseline(path: Path, corpus: Path, seed: int = 0, cfg: DiTConfig = TINY
 def write_prompts(path: Path, prompts: list[str]) -> Path:
     path.write_text("\n".join(prompts) + "\n")
     return path
+
+
+class Notes(logging.Handler):
+    """Collects the messages of the log records it receives (attach to the "dragontune" logger)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
