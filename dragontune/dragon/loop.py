@@ -33,7 +33,7 @@ from dragontune.errors import ConfigError, DataError
 from dragontune.generate import SamplerConfig, generate_latents, generate_latents_cached
 from dragontune.models.checkpoint import load_model, load_state_strict, save_model
 from dragontune.models.edm import P_MEAN, P_STD, denoising_loss, sample_sigma
-from dragontune.rewards.base import Features, ScoringBatch, nanmean
+from dragontune.rewards.base import ScoringBatch, nanmean
 from dragontune.data.corpus import DataConfig, ensure_corpus
 from dragontune.optim import OptimConfig, flatten_optimizer, unflatten_optimizer
 from dragontune.rundir import fault_point, write_demo_record
