@@ -133,7 +133,7 @@ def check_finetune(cfg) -> None:
     one_of("builder", cfg.builder, (*BUILDERS, AUTO))
     one_of("kto_reference", cfg.kto_reference, KTO_REFERENCES)
     one_of("kto_utility", cfg.kto_utility, KTO_UTILITIES)
-    one_of("kto_noise", cfg.kto_noise, ("independent", "paired"))
+    one_of("kto_noise", cfg.kto_noise, ("independent", "paired", "shared"))
     at_least("set_reward_lr", cfg.set_reward_lr, 0, "0 = optim.lr for set rewards too")
     cfg.pool.check()
     positive("beta", cfg.beta, "the DPO/KTO temperature (the paper uses 5000)")
@@ -155,6 +155,21 @@ def check_finetune(cfg) -> None:
             raise _bad(key, v, "must be corpus:SPLIT or a text file with one prompt per line")
     check_sampler(cfg.sampler, "sampler.")
     check_sampler(cfg.eval_sampler, "eval_sampler.")
+    _check_combination(cfg)
+
+
+def _check_combination(cfg) -> None:
+    """Builder, loss and K against the reward's class, as the loop checks them once the reward is built,
+    here before any work (a plugin reward of unknown class is checked by the loop)."""
+    from dragontune.dragon.builders import validate_combination
+    from dragontune.dragon.recipes import resolve_recipe
+    from dragontune.rewards.registry import reward_class_of
+
+    rc = reward_class_of(cfg.reward)
+    if rc is None:
+        return
+    recipe = resolve_recipe(rc, cfg.builder, cfg.loss, cfg.k_per_prompt, cfg.builder_options, cfg.set_reward_lr)
+    validate_combination(rc, recipe.builder, recipe.loss, cfg.k_per_prompt, recipe.options)
 
 
 def check_model(m, prefix: str = "model.") -> None:

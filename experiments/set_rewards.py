@@ -2,7 +2,7 @@
 
     python experiments/set_rewards.py --rewards fad/codec/piano,vendi/codec --seeds 0,1,2 [--builder auto]
         [--rounds 16] [--n-eval 64] [--eval-seeds 4] [--out runs/set_rewards] [--extra key=value ...]
-    python experiments/set_rewards.py --table [--out runs/set_rewards] [--md FILE]
+    python experiments/set_rewards.py --table [--out runs/set_rewards[,runs/other ...]] [--md FILE]
 
 For each (reward, training seed): `finetune` from the committed baseline with `configs/dragon_cpu.yaml` and only
 `reward` (and the training seed) changed, so the recipe table picks builder and loss (or `--builder` forces one,
@@ -90,9 +90,9 @@ def _mean_sd(v: list[float]) -> tuple[float, float]:
 
 
 def tables(args) -> str:
-    out = Path(args.out)
     runs: dict[tuple[str, str], dict[int, dict]] = {}
-    for evj in sorted(out.glob("*/seed*/eval/eval.json")):
+    found = [e for out in args.out.split(",") for e in sorted(Path(out).glob("*/seed*/eval/eval.json"))]
+    for evj in found:
         tag, seed = evj.parent.parent.parent.name, int(evj.parent.parent.name[4:])
         reward, _, builder = tag.partition("__")
         reward = reward.replace("_", "/", 2) if reward.count("_") >= 2 else reward

@@ -59,6 +59,26 @@ def test_finetune_bad_values_under_dry_run(override, named, valid, capsys):
     assert named in err and valid in err and "Traceback" not in err, err
 
 
+FAD_PIANO = "reward={name: fad, encoder: codec, exemplars: {corpus: data/corpus, filter: instrument=piano}}"
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["k_per_prompt=1", "builder=pool", "loss=dpo", FAD_PIANO], "needs at least 2 samples per prompt, got 1"),
+    (["builder=paired", FAD_PIANO], "invalid DRAGON combination: reward class 'dist_to_dist' with builder='paired'"),
+    (["builder=unpaired", "reward={name: weighted, components: [{name: vendi, encoder: codec}]}"],
+     "invalid DRAGON combination: reward class 'dist_to_dist'"),
+])
+def test_finetune_combination_checked_under_dry_run(overrides, named, capsys):
+    """Builder, loss and K against the reward's class: refused by --dry-run, before a model or reward loads."""
+    assert main(["finetune", "configs/dragon_cpu.yaml", *overrides, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+
+
+def test_finetune_auto_recipe_with_one_sample_per_prompt_passes_dry_run(capsys):
+    assert main(["finetune", "configs/dragon_cpu.yaml", "k_per_prompt=1", FAD_PIANO, "--dry-run"]) == 0
+
+
 @pytest.mark.parametrize("override,named,valid", PRETRAIN_BAD)
 def test_pretrain_bad_values_under_dry_run(override, named, valid, capsys):
     assert main(["pretrain", override, "--dry-run"]) == 2

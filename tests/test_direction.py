@@ -62,12 +62,12 @@ def _preference(policy, reference, lat, prompts, good) -> float:
     return sum(vals) / len(vals)
 
 
-def _cfg(loss, tmp_path):
+def _cfg(loss, tmp_path, extra=()):
     from dragontune.config import load_config
 
     return load_config(DragonConfig, None, [f"out_dir={tmp_path}", "updates_per_round=6", "batch_per_update=4",
                                             "optim.lr=2e-3", "optim.grad_clip=0", "cond_dropout=0", "beta=500",
-                                            f"loss={loss}", "kto_reference=mean"])
+                                            f"loss={loss}", "kto_reference=mean", *extra])
 
 
 def _demos(env, builder, loss, swap=False):
@@ -126,12 +126,23 @@ def test_builder_puts_better_clips_in_d_plus(env, builder, loss):
 def test_training_lowers_a_on_d_plus_relative_to_d_minus(env, tmp_path, builder, loss):
     """The loop's training step on the builder's demonstrations: A(D+) - A(D-) drops below zero; with the
     reward reversed it rises above zero."""
+    _check_training_direction(env, tmp_path, builder, loss)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [("kto_noise=paired",), ("kto_noise=shared", "kto_utility=log_sigmoid"),
+                                   ("kto_reference=clamped_mean", "kto_utility=log_sigmoid")])
+def test_kto_options_keep_the_direction(env, tmp_path, extra):
+    _check_training_direction(env, tmp_path, "unpaired", "kto", extra)
+
+
+def _check_training_direction(env, tmp_path, builder, loss, extra=()):
     for swap, sign in ((False, -1.0), (True, 1.0)):
         policy = load_model(env["base"])
         reference = policy.copy_frozen()
         before = _preference(policy, reference, env["lat"], env["prompts"], env["good"])
         assert before == 0.0
-        cfg = _cfg(loss, tmp_path / f"{builder}-{loss}-{swap}")
+        cfg = _cfg(loss, tmp_path / f"{builder}-{loss}-{swap}", extra)
         opt = torch.optim.Adam(policy.net.parameters(), lr=cfg.optim.lr)
         d = _demos(env, builder, loss, swap=swap)
         for rnd in (1, 2):

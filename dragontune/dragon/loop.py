@@ -74,7 +74,7 @@ class DragonConfig:
     kto_w_undesirable: float = 1.0
     kto_reference: str = "clamped_mean"   # clamped_mean (Diffusion-KTO: z = max(0, mean g)) | mean
     kto_utility: str = "sigmoid"          # sigmoid (KTO) | log_sigmoid (Diffusion-KTO's loss-averse value function)
-    kto_noise: str = "independent"        # independent (a sigma and noise per sample) | paired (k-th D+ and D- share them)
+    kto_noise: str = "independent"        # independent (a sigma and noise per sample) | paired (k-th D+ and D- share them) | shared (one per step)
     cond_dropout: float = 0.1          # kept on during DRAGON training, as in the paper
     p_mean: float = P_MEAN
     p_std: float = P_STD
@@ -434,6 +434,11 @@ def _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, pro
             lab = chunk[:, 1].bool()
             slot = torch.where(lab, torch.cumsum(lab.long(), 0) - 1, torch.cumsum((~lab).long(), 0) - 1)
             sigma, noise, drop = sigma[slot], noise[slot], drop[slot]
+        elif demos.pairs is None and cfg.kto_noise == "shared":
+            # every sample of the step at one sigma and one noise draw: the batch-mean reference point z is then
+            # measured at the noise level of the samples it is compared with, not averaged over unrelated levels
+            zero = torch.zeros(b, dtype=torch.long)
+            sigma, noise, drop = sigma[zero], noise[zero], drop[zero]
         sl = torch.arange(b)[torch.arange(b) % W == R]
         chunk, sigma, noise, drop = chunk[sl], sigma[sl], noise[sl], drop[sl]
         if demos.pairs is not None:

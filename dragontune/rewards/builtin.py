@@ -354,6 +354,8 @@ class WeightedReward(Reward):
     """
 
     name = "weighted"
+    #: a sum is of the most distributional class among its components
+    CLASS_ORDER = ("instance", "instance_to_dist", "dist_to_dist")
 
     def __init__(self, components: Sequence[tuple[float, Reward]]):
         if not components:
@@ -362,8 +364,8 @@ class WeightedReward(Reward):
             if not isinstance(r, Reward) or not math.isfinite(float(w)):
                 raise RewardError(f"bad weighted component ({w!r}, {r!r}): need (finite float, Reward)")
         self.components = [(float(w), r) for w, r in components]
-        order = ["instance", "instance_to_dist", "dist_to_dist"]
-        self.reward_class = max((r.reward_class for _, r in self.components), key=order.index)  # type: ignore[assignment]
+        self.reward_class = max((r.reward_class for _, r in self.components),  # type: ignore[assignment]
+                                key=self.CLASS_ORDER.index)
         self.higher_is_better = True
         self.name = " + ".join(f"{w:g}*{r.name}" for w, r in self.components)
 

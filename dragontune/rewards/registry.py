@@ -86,11 +86,36 @@ _LAZY: dict[str, str] = {
 }
 
 
-def register_reward(name: str, factory: RewardFactory, *, overwrite: bool = False) -> None:
-    """Register ``factory(spec, context) -> Reward`` under ``name`` (``spec`` without its ``name`` key)."""
+#: reward name -> reward class, for checks before any model is loaded (plugins may leave theirs unknown)
+_CLASSES: dict[str, str] = {name: "instance" for name in _LAZY}  # model-based rewards score single clips
+
+
+def register_reward(name: str, factory: RewardFactory, *, overwrite: bool = False,
+                    reward_class: str | None = None) -> None:
+    """Register ``factory(spec, context) -> Reward`` under ``name`` (``spec`` without its ``name`` key).
+    ``reward_class`` (instance | instance_to_dist | dist_to_dist), when given, lets a config be checked
+    before the reward is built."""
     if name in _REWARDS and not overwrite:
         raise RewardError(f"reward {name!r} is already registered")
     _REWARDS[name] = factory
+    if reward_class is not None:
+        _CLASSES[name] = reward_class
+
+
+def reward_class_of(spec: str | Mapping[str, Any]) -> str | None:
+    """The class of the reward ``spec`` would build, without building it; None when it is not known
+    beforehand (an unknown name, or a plugin registered without its class)."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping):
+        return None
+    name = spec.get("name")
+    if name == "weighted":
+        classes = [reward_class_of(c) for c in spec.get("components") or []]
+        if not classes or None in classes:
+            return None
+        return max(classes, key=WeightedReward.CLASS_ORDER.index)
+    return _CLASSES.get(name)
 
 
 def known_rewards() -> list[str]:
@@ -164,11 +189,11 @@ def _embedding_factory(cls: type, extra: set[str], exemplars: bool = True) -> Re
     return factory
 
 
-register_reward("per_song_fad", _embedding_factory(PerSongFADReward, set()))
-register_reward("fad", _embedding_factory(FADReward, {"pooling"}))
-register_reward("kad", _embedding_factory(KADReward, {"bandwidth"}))
-register_reward("vendi", _embedding_factory(VendiReward, {"q"}, exemplars=False))
-register_reward("centroid", _embedding_factory(CentroidReward, set()))
+register_reward("per_song_fad", _embedding_factory(PerSongFADReward, set()), reward_class=PerSongFADReward.reward_class)
+register_reward("fad", _embedding_factory(FADReward, {"pooling"}), reward_class=FADReward.reward_class)
+register_reward("kad", _embedding_factory(KADReward, {"bandwidth"}), reward_class=KADReward.reward_class)
+register_reward("vendi", _embedding_factory(VendiReward, {"q"}, exemplars=False), reward_class=VendiReward.reward_class)
+register_reward("centroid", _embedding_factory(CentroidReward, set()), reward_class=CentroidReward.reward_class)
 
 
 # -- scoring helpers for the CLI --------------------------------------------------------------------------
