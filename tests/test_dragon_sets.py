@@ -32,6 +32,8 @@ def test_recipe_table():
     assert (r.builder, r.loss, r.chosen) == ("pool", "dpo", True)
     r = resolve_recipe("instance_to_dist", "auto", "auto", 1, {})  # no pairs with one sample per prompt
     assert (r.builder, r.loss, r.options) == ("unpaired", "kto", {"threshold": "batch_median"})
+    assert "k_per_prompt >= 2" in r.warning  # KTO chosen by the table: the user is told it was not measured to help
+    assert resolve_recipe("instance", "auto", "auto", 4, {}).warning == ""
     r = resolve_recipe("dist_to_dist", "auto", "auto", 1, {})
     assert (r.builder, r.loss, r.options) == ("pool", "kto", {"threshold": "batch_median"})
     r = resolve_recipe("dist_to_dist", "greedy", "kto", 4, {"size": 3})  # explicit choices stay as given

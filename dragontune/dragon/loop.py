@@ -220,6 +220,8 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     validate_combination(reward.reward_class, builder, loss_name, K, builder_options)
     if recipe.chosen:
         log.info("recipe for a %s reward: %s", reward.reward_class, recipe.describe())
+    if recipe.warning:
+        log.warning("recipe: %s", recipe.warning)
     pool_prompts = load_prompt_pool(cfg.prompts, cfg.data)
     eval_pool = load_prompt_pool(cfg.eval_prompts, cfg.data)[: cfg.eval_n_prompts] if cfg.eval_n_prompts > 0 else []
     credit_pool = FeaturePool(cfg.pool.size) if builder == "pool" and dist.is_main() else None  # rank 0 scores

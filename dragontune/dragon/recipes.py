@@ -14,7 +14,8 @@ checked by :func:`dragontune.dragon.builders.validate_combination` (refusal is o
                                                          the model; at 2e-5 it improved (docs/results.md)
 
 With one sample per prompt (``k_per_prompt=1``) pairs are impossible: ``auto`` then takes KTO with labels
-against the batch median instead of the paired DPO row.
+against the batch median instead of the paired DPO row, and warns: no KTO variant measured in this project
+improved its reward (docs/dragon.md), so the warning points to ``k_per_prompt >= 2``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Recipe:
     chosen: bool
     #: learning rate of the recipe (None: the config's optim.lr)
     lr: float | None = None
+    #: what the user should know about this choice (logged as a warning), "" when nothing
+    warning: str = ""
 
     def describe(self) -> str:
         opts = f" {self.options}" if self.options else ""
@@ -71,4 +74,8 @@ def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int
     else:
         lo = loss
     lr = set_reward_lr if (reward_class == "dist_to_dist" and builder == AUTO and set_reward_lr > 0) else None
-    return Recipe(builder=b, loss=lo, options=opts, chosen=chosen, lr=lr)
+    warning = ""
+    if chosen and lo == "kto":
+        warning = ("with one sample per prompt only KTO is possible, and no KTO variant measured here improved the "
+                   "reward (docs/dragon.md, 'KTO'); use k_per_prompt >= 2 for the paired Diffusion-DPO recipe")
+    return Recipe(builder=b, loss=lo, options=opts, chosen=chosen, lr=lr, warning=warning)
