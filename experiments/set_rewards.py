@@ -132,12 +132,13 @@ def tables(args) -> str:
                      f"{tt / 60:.1f} min |")
         if builder == "auto":
             wins[name] = sum(wr) / len(wr)
-            sums: dict[str, list[float]] = {}
-            for _, _, ev in rows:  # each column averaged over the runs that evaluated it
-                for x in ev["rewards"]:
-                    if "after" in x and x.get("before") is not None:
-                        sums.setdefault(x["name"], []).append(x["after"] - x["before"])
-            side[name] = {k: (sum(v) / len(v), len(v)) for k, v in sums.items()}
+        sums: dict[str, list[float]] = {}
+        for _, _, ev in rows:  # each column averaged over the runs that evaluated it
+            for x in ev["rewards"]:
+                if "after" in x and x.get("before") is not None:
+                    sums.setdefault(x["name"], []).append(x["after"] - x["before"])
+        side[name if builder == "auto" else f"{name} ({builder})"] = {k: (sum(v) / len(v), len(v))
+                                                                     for k, v in sums.items()}
     text = "\n".join(lines)
     if wins:
         text += (f"\n\nAverage win rate over {len(wins)} target rewards (recipe runs; share of prompts for per-sample "
