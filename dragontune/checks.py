@@ -135,6 +135,7 @@ def check_finetune(cfg) -> None:
     one_of("kto_utility", cfg.kto_utility, KTO_UTILITIES)
     one_of("kto_noise", cfg.kto_noise, ("independent", "paired", "shared"))
     at_least("set_reward_lr", cfg.set_reward_lr, 0, "0 = optim.lr for set rewards too")
+    at_least("kto_lr", cfg.kto_lr, 0, "0 = optim.lr for the KTO recipe too")
     cfg.pool.check()
     positive("beta", cfg.beta, "the DPO/KTO temperature (the paper uses 5000)")
     at_least("kto_w_desirable", cfg.kto_w_desirable, 0)
@@ -168,7 +169,8 @@ def _check_combination(cfg) -> None:
     rc = reward_class_of(cfg.reward)
     if rc is None:
         return
-    recipe = resolve_recipe(rc, cfg.builder, cfg.loss, cfg.k_per_prompt, cfg.builder_options, cfg.set_reward_lr)
+    recipe = resolve_recipe(rc, cfg.builder, cfg.loss, cfg.k_per_prompt, cfg.builder_options, cfg.set_reward_lr,
+                            cfg.kto_lr)
     validate_combination(rc, recipe.builder, recipe.loss, cfg.k_per_prompt, recipe.options)
 
 

@@ -10,7 +10,7 @@ import torch
 from dragontune.config import load_config
 from dragontune.dragon.health import LearningMonitor
 from dragontune.dragon.loop import DragonConfig, finetune
-from dragontune.dragon.recipes import RECIPES, resolve_recipe
+from dragontune.dragon.recipes import KTO_RECIPE, RECIPES, resolve_recipe
 from dragontune.errors import ConfigError
 from dragontune.models.checkpoint import read_model_file
 
@@ -32,8 +32,12 @@ def test_recipe_table():
     assert (r.builder, r.loss, r.chosen) == ("pool", "dpo", True)
     r = resolve_recipe("instance_to_dist", "auto", "auto", 1, {})  # no pairs with one sample per prompt
     assert (r.builder, r.loss, r.options) == ("unpaired", "kto", {"threshold": "batch_median"})
-    assert "k_per_prompt >= 2" in r.warning  # KTO chosen by the table: the user is told it was not measured to help
+    assert "k_per_prompt >= 2" in r.warning  # KTO chosen by the table: the user is told DPO moved further
+    assert r.settings == KTO_RECIPE and r.lr is None
+    assert resolve_recipe("instance_to_dist", "auto", "auto", 1, {}, 2e-5, 1e-5).lr == 1e-5
+    assert resolve_recipe("instance_to_dist", "unpaired", "kto", 1, {}, 2e-5, 1e-5).settings == {}  # explicit
     assert resolve_recipe("instance", "auto", "auto", 4, {}).warning == ""
+    assert resolve_recipe("instance", "auto", "auto", 4, {}).settings == {}
     r = resolve_recipe("dist_to_dist", "auto", "auto", 1, {})
     assert (r.builder, r.loss, r.options) == ("pool", "kto", {"threshold": "batch_median"})
     r = resolve_recipe("dist_to_dist", "greedy", "kto", 4, {"size": 3})  # explicit choices stay as given
@@ -70,6 +74,20 @@ def test_each_reward_class_starts_with_only_the_reward_set(env, tmp_path, reward
     assert "train/loss" in r and "train/saturated" in r and "train/grad_norm" in r and "train/margin" in r
     # rewards in the codec's own space score the latents: nothing is decoded
     assert r["decoded"] is (reward == "rms")
+
+
+@pytest.mark.slow
+def test_one_sample_per_prompt_trains_the_kto_recipe(env, tmp_path):
+    """k_per_prompt=1 and loss auto: KTO with the recipe's settings and lr reach the training step."""
+    out = tmp_path / "kto"
+    finetune(cfg_for(env, out, reward={**FAD(env), "name": "per_song_fad"}, rounds=1, k_per_prompt=1,
+                     prompts_per_round=8, batch_per_update=4))
+    arith = json.loads((out / "batch_arithmetic.json").read_text())
+    assert (arith["builder"], arith["loss"], arith["lr"]) == ("unpaired", "kto", 1e-5)
+    assert "kto_noise=shared" in arith["recipe"] and "kto_utility=log_sigmoid" in arith["recipe"]
+    r = records(out)[1]
+    assert r["train/z"] == r["train/z_raw"]  # the reference point is the plain mean (not clamped at 0)
+    assert "kto_utility: sigmoid" in (out / "config.yaml").read_text()  # the stored config is what the user wrote
 
 
 @pytest.mark.slow

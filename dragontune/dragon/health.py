@@ -30,9 +30,10 @@ class LearningMonitor:
 
     def knobs(self) -> str:
         if self.loss == "kto":
-            return ("kto_utility=log_sigmoid (keeps a gradient for samples on the wrong side of the reference "
-                    "point), kto_reference=mean (keeps the terms centred when the policy drifts on every sample), a "
-                    "lower optim.lr, or a lower beta")
+            return ("the KTO recipe's settings kto_utility=log_sigmoid (keeps a gradient for samples on the wrong "
+                    "side of the reference point), kto_reference=mean (keeps the terms centred when the policy "
+                    "drifts on every sample), kto_noise=shared (the reference point at the samples' own noise "
+                    "draw) and optim.lr=1e-5, or a lower beta")
         return "a lower optim.lr or beta (the pairs are already separated by a wide margin)"
 
     def update(self, rnd: int, stats: dict) -> dict:

@@ -67,6 +67,7 @@ class DragonConfig:
     loss: str = "auto"                 # dpo | kto | auto (the recipe of the reward's class, dragon/recipes.py)
     builder: str = "auto"              # paired | unpaired | pool | loo | greedy | split | auto
     set_reward_lr: float = 2e-5        # lr of the set-reward recipe (builder auto, dist_to_dist reward); 0 = optim.lr
+    kto_lr: float = 1e-5               # lr of the KTO recipe (loss auto with k_per_prompt=1); 0 = optim.lr
     builder_options: dict = dataclasses.field(default_factory=dict)
     pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)   # credit pool of builder=pool
     beta: float = 5000.0
@@ -214,7 +215,10 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     ctx = RewardContext(codec=policy.codec, device=device)
     reward = build_reward(cfg.reward, ctx)
     watch = [build_reward(w, ctx) for w in cfg.watch]
-    recipe = resolve_recipe(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options, cfg.set_reward_lr)
+    recipe = resolve_recipe(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options, cfg.set_reward_lr,
+                            cfg.kto_lr)
+    if recipe.settings:  # the recipe's loss settings; config.yaml keeps what the user wrote (resume re-derives them)
+        cfg = dataclasses.replace(cfg, **recipe.settings)
     builder, loss_name, builder_options = recipe.builder, recipe.loss, recipe.options
     lr = recipe.lr if recipe.lr is not None else cfg.optim.lr
     validate_combination(reward.reward_class, builder, loss_name, K, builder_options)

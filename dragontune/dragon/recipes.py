@@ -14,8 +14,11 @@ checked by :func:`dragontune.dragon.builders.validate_combination` (refusal is o
                                                          the model; at 2e-5 it improved (docs/results.md)
 
 With one sample per prompt (``k_per_prompt=1``) pairs are impossible: ``auto`` then takes KTO with labels
-against the batch median instead of the paired DPO row, and warns: no KTO variant measured in this project
-improved its reward (docs/dragon.md), so the warning points to ``k_per_prompt >= 2``.
+against the batch median instead of the paired DPO row, in the variant that kept learning here
+(:data:`KTO_RECIPE`: loss-averse log-sigmoid value function, reference point = the step's mean implicit reward,
+one sigma and noise draw per step) at ``kto_lr`` (1e-5). Diffusion-KTO as published (sigmoid, z clamped at 0)
+saturated and made the model worse at every learning rate tried (docs/dragon.md, "KTO"). An explicit
+``loss: kto`` keeps the config's own ``kto_*`` values.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import dataclasses
 from dragontune.errors import ConfigError
 
 AUTO = "auto"
+
+#: the KTO settings the table uses when it picks KTO (measured in docs/dragon.md, "KTO")
+KTO_RECIPE = {"kto_utility": "log_sigmoid", "kto_reference": "mean", "kto_noise": "shared"}
 
 #: reward class -> (builder, loss)
 RECIPES = {
@@ -43,19 +49,23 @@ class Recipe:
     chosen: bool
     #: learning rate of the recipe (None: the config's optim.lr)
     lr: float | None = None
+    #: config fields the recipe sets for its loss (the KTO variant), {} when none
+    settings: dict = dataclasses.field(default_factory=dict)
     #: what the user should know about this choice (logged as a warning), "" when nothing
     warning: str = ""
 
     def describe(self) -> str:
         opts = f" {self.options}" if self.options else ""
+        sets = "".join(f" {k}={v}" for k, v in self.settings.items())
         lr = f" lr={self.lr:g}" if self.lr is not None else ""
-        return f"builder={self.builder} loss={self.loss}{opts}{lr}"
+        return f"builder={self.builder} loss={self.loss}{opts}{sets}{lr}"
 
 
 def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int, options: dict | None,
-                   set_reward_lr: float = 0.0) -> Recipe:
+                   set_reward_lr: float = 0.0, kto_lr: float = 0.0) -> Recipe:
     """Fill ``auto`` builder / loss from :data:`RECIPES` for ``reward_class``; explicit values stay. With an
-    ``auto`` builder, a set reward trains at ``set_reward_lr`` (0: the config's optim.lr)."""
+    ``auto`` builder, a set reward trains at ``set_reward_lr``; when ``auto`` loss becomes KTO, it trains with
+    :data:`KTO_RECIPE` at ``kto_lr`` (either lr 0: the config's optim.lr)."""
     if reward_class not in RECIPES:
         raise ConfigError(f"unknown reward class {reward_class!r}; known: {', '.join(RECIPES)}")
     opts = dict(options or {})
@@ -74,8 +84,10 @@ def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int
     else:
         lo = loss
     lr = set_reward_lr if (reward_class == "dist_to_dist" and builder == AUTO and set_reward_lr > 0) else None
-    warning = ""
-    if chosen and lo == "kto":
-        warning = ("with one sample per prompt only KTO is possible, and no KTO variant measured here improved the "
-                   "reward (docs/dragon.md, 'KTO'); use k_per_prompt >= 2 for the paired Diffusion-DPO recipe")
-    return Recipe(builder=b, loss=lo, options=opts, chosen=chosen, lr=lr, warning=warning)
+    settings, warning = {}, ""
+    if loss == AUTO and lo == "kto":
+        settings = dict(KTO_RECIPE)
+        lr = kto_lr if kto_lr > 0 else None
+        warning = ("one sample per prompt: the KTO recipe; paired Diffusion-DPO (k_per_prompt >= 2) moved the "
+                   "reward further in every comparison measured here (docs/dragon.md, 'KTO')")
+    return Recipe(builder=b, loss=lo, options=opts, chosen=chosen, lr=lr, settings=settings, warning=warning)
