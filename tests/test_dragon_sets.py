@@ -36,6 +36,7 @@ def test_recipe_table():
     assert r.settings == KTO_RECIPE and r.lr is None
     assert resolve_recipe("instance_to_dist", "auto", "auto", 1, {}, 2e-5, 1e-5).lr == 1e-5
     assert resolve_recipe("instance_to_dist", "unpaired", "kto", 1, {}, 2e-5, 1e-5).settings == {}  # explicit
+    assert resolve_recipe("instance", "unpaired", "auto", 4, {}).loss == "kto"  # the one loss that builder takes
     assert resolve_recipe("instance", "auto", "auto", 4, {}).warning == ""
     assert resolve_recipe("instance", "auto", "auto", 4, {}).settings == {}
     r = resolve_recipe("dist_to_dist", "auto", "auto", 1, {})

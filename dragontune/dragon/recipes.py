@@ -73,7 +73,9 @@ def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int
     chosen = builder == AUTO or loss == AUTO
     b = table_builder if builder == AUTO else builder
     if loss == AUTO:
-        if b in ("paired",) and k_per_prompt < 2:
+        if b == "unpaired":  # an explicit unpaired builder labels samples: KTO is its only loss
+            lo = "kto"
+        elif b in ("paired",) and k_per_prompt < 2:
             b, lo = ("unpaired" if builder == AUTO else b), "kto"
         elif k_per_prompt < 2 and b in ("pool", "loo", "greedy", "split"):
             lo = "kto"
