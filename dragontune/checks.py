@@ -156,6 +156,14 @@ def check_finetune(cfg) -> None:
             raise _bad(key, v, "must be corpus:SPLIT or a text file with one prompt per line")
     check_sampler(cfg.sampler, "sampler.")
     check_sampler(cfg.eval_sampler, "eval_sampler.")
+    cfg.lora.check("lora.")
+    one_of("reference", cfg.reference, ("auto", "copy", "adapters_off"))
+    if cfg.reference == "adapters_off" and not cfg.lora.enabled:
+        raise _bad("reference", cfg.reference, "adapters_off needs LoRA (lora.rank > 0)",
+                   "use reference=copy (or auto) for full fine-tuning")
+    at_least("micro_batch", cfg.micro_batch, 0, "0 = the whole per-process batch at once")
+    if not isinstance(cfg.model_options, dict):
+        raise _bad("model_options", cfg.model_options, "must be a mapping, e.g. {seconds_total: 10}")
     _check_combination(cfg)
 
 

@@ -1,4 +1,4 @@
-"""Generation with a T2AModel: per-sample seeds, CFG or CFG++ in one batched forward, any solver.
+"""Generation with any DiffusionModel (dragontune.models.interface): per-sample seeds, CFG or CFG++ in one batched forward, any solver.
 
 A sample's latent depends only on (prompt, seed, model, sampler settings) — never on the batch it was
 generated in or on the process rank — up to floating-point differences of batched matmuls.
@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from dragontune.errors import ConfigError
-from dragontune.sampling import CFGDenoiser, CFGPPDenoiser, get_sampler, karras_sigmas, seeded_noise
+from dragontune.sampling import CFGDenoiser, CFGPPDenoiser, get_sampler, seeded_noise
 
 
 @dataclasses.dataclass
@@ -67,11 +67,9 @@ def generate_latents(
     period = None if bpm is None else model.tempo_frames(bpm)
     solver = get_sampler(sc.sampler)
     device = model.device
-    sigmas = karras_sigmas(sc.steps, sc.sigma_min, sc.sigma_max, sc.rho, device=device, dtype=torch.float32)
-    was = model.net.training
-    model.net.eval()
+    sigmas = model.sampling_sigmas(sc)
     out = []
-    try:
+    with model.eval_mode():
         for i in range(0, len(prompts), sc.batch_size):
             p = list(prompts[i:i + sc.batch_size])
             s = list(seeds[i:i + sc.batch_size])
@@ -82,8 +80,6 @@ def generate_latents(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
                 lat = solver(make_guided(model, cond, sc), x, sigmas, callback=callback, disable=disable)
             out.append(lat.float().cpu())
-    finally:
-        model.net.train(was)
     return torch.cat(out)
 
 
