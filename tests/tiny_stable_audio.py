@@ -11,8 +11,10 @@ WORDS = ["piano", "soft", "fast", "drums", "slow", "pad", "bright", "bell", "ton
 
 
 def tiny_stable_audio(path: Path, seed: int = 0, width_heads: int = 2, layers: int = 2, head_dim: int = 16,
-                      sample_size: int = 32, vae_hidden: int = 8) -> Path:
-    """Write a Stable Audio pipeline of random weights to ``path`` (16 kHz stereo, 4-channel latents, 8x hop)."""
+                      sample_size: int = 32, vae_hidden: int = 8, vae_latent: int = 4) -> Path:
+    """Write a Stable Audio pipeline of random weights to ``path`` (16 kHz stereo, 4-channel latents, 8x hop).
+
+    ``vae_latent`` != 4 gives a VAE whose latents do not fit the transformer (a bad-input case)."""
     import json
 
     from diffusers import AutoencoderOobleck, EDMDPMSolverMultistepScheduler, StableAudioDiTModel, StableAudioPipeline
@@ -29,7 +31,7 @@ def tiny_stable_audio(path: Path, seed: int = 0, width_heads: int = 2, layers: i
     cond_dim = 16
     proj = StableAudioProjectionModel(text_encoder_dim=16, conditioning_dim=cond_dim, min_value=0, max_value=512)
     vae = AutoencoderOobleck(encoder_hidden_size=vae_hidden, downsampling_ratios=[2, 4], channel_multiples=[1, 2],
-                             decoder_channels=vae_hidden, decoder_input_channels=4, audio_channels=2,
+                             decoder_channels=vae_hidden, decoder_input_channels=vae_latent, audio_channels=2,
                              sampling_rate=16000)
     dit = StableAudioDiTModel(sample_size=sample_size, in_channels=4, num_layers=layers, attention_head_dim=head_dim,
                               num_attention_heads=width_heads, num_key_value_attention_heads=1, out_channels=4,

@@ -223,7 +223,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     ref_mode = cfg.reference if cfg.reference != "auto" else ("adapters_off" if cfg.lora.enabled else "copy")
     reference = policy.copy_frozen() if ref_mode == "copy" else None  # before the adapters: a copy of the base only
     if cfg.lora.enabled:
-        add_lora(policy, cfg.lora, policy.family)
+        add_lora(policy, cfg.lora, policy.family, seed=derived_seed(cfg.seed, "lora-init") % (2 ** 63))
     if reference is None:
         reference = make_reference(policy, ref_mode)
     if cfg.grad_checkpointing:

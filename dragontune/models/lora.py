@@ -74,8 +74,11 @@ def base_fingerprint(module: nn.Module) -> str:
     return sha256_tensors(state)
 
 
-def add_lora(model: DiffusionModel, settings: LoraSettings, family: str) -> None:
-    """Wrap ``model``'s network in peft LoRA adapters (in place)."""
+def add_lora(model: DiffusionModel, settings: LoraSettings, family: str, seed: int = 0) -> None:
+    """Wrap ``model``'s network in peft LoRA adapters (in place).
+
+    peft draws ``lora_A`` from the global RNG; it is drawn here from ``seed`` (the global RNG state is restored),
+    so two processes of one run start from the same adapters and a resumed run replays an uninterrupted one."""
     from peft import LoraConfig, get_peft_model
 
     settings.check()
@@ -92,7 +95,9 @@ def add_lora(model: DiffusionModel, settings: LoraSettings, family: str) -> None
     fp = base_fingerprint(net)
     cfg = LoraConfig(r=settings.rank, lora_alpha=settings.alpha or settings.rank, target_modules=targets,
                      lora_dropout=0.0, bias="none")
-    peft_net = get_peft_model(net, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_net = get_peft_model(net, cfg)
     model.set_net(peft_net)
     model.lora = {"rank": settings.rank, "alpha": float(settings.alpha or settings.rank), "targets": targets,
                   "family": family, "base": fp}
