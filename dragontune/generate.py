@@ -92,15 +92,18 @@ def generate_latents_cached(model, model_file: str | None, prompts: Sequence[str
     the credit pool's warm-up) are made once. Written atomically.
     """
     from dragontune.models.checkpoint import PACKAGE_BASELINE
+    from pathlib import Path
+
     from dragontune.utils import load_safetensors, save_safetensors_atomic, sha256_file, sha256_json
 
     if cache_dir is None or cache_dir == "":
         return generate_latents(model, prompts, seeds, sc)
     model_file = str(PACKAGE_BASELINE) if model_file is None else str(model_file)
+    if Path(model_file).is_dir():
+        raise ConfigError(f"a generation cache keys on a model file; {model_file!r} is a pipeline folder: leave the "
+                          "cache (pool.cache_dir, --generation-cache) unset for it")
     key = sha256_json({"model": sha256_file(model_file), "prompts": list(prompts), "seeds": [int(s) for s in seeds],
                        "sampler": dataclasses.asdict(sc), "format": 1})[:32]
-    from pathlib import Path
-
     path = Path(cache_dir) / f"{key}.safetensors"
     if path.is_file():
         return load_safetensors(path)[0]["latents"]

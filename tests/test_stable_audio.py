@@ -345,6 +345,26 @@ def test_lora_on_the_in_project_dit(tmp_path):
                                    rtol=1e-4, atol=1e-5)
 
 
+def test_dit_activation_checkpointing_gives_the_same_gradients(tmp_path):
+    from dragontune.models.checkpoint import load_model
+    from tiny import tiny_baseline
+
+    m = load_model(tiny_baseline(tmp_path / "b.safetensors", tiny_corpus(tmp_path / "c", n=8)))
+    x0 = torch.randn((3,) + m.latent_shape, generator=torch.Generator().manual_seed(0))
+    n = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    s = torch.tensor([0.3, 1.0, 4.0])
+    c = m.cond(["soft piano", "drums", "pad"])
+
+    def grads(on):
+        m.set_grad_checkpointing(on)
+        m.net.zero_grad(set_to_none=True)
+        m.denoising_error(x0, n, s, c).mean().backward()
+        return [p.grad.clone() for p in m.parameters()]
+
+    for a, b in zip(grads(False), grads(True)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8)
+
+
 def test_lora_dpo_step_direction(sa):
     """One DPO step on the LoRA adapters moves the implicit margin toward the winner (fails if reversed)."""
     from dragontune.dragon.accumulate import step_gradient
@@ -455,7 +475,13 @@ def test_two_dragon_rounds(sa, tmp_path, loss, lora):
         lora_b = [p for k, p in m.trainable.named_parameters() if "lora_B" in k]
         assert any(float(p.abs().max()) > 0 for p in lora_b)  # trained away from the zero init
     else:
+        from diffusers import StableAudioDiTModel
+
         assert final.name == "transformer" and (final / "config.json").is_file()
+        trained = StableAudioDiTModel.from_pretrained(str(final), local_files_only=True).state_dict()
+        base = StableAudioDiTModel.from_pretrained(str(sa["pipe"]), subfolder="transformer",
+                                                   local_files_only=True).state_dict()
+        assert set(trained) == set(base) and any(not torch.equal(trained[k], base[k]) for k in base)
 
 
 @pytest.mark.slow

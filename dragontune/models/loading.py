@@ -25,7 +25,8 @@ def load_diffusion_model(path: str | os.PathLike | None = None, device="cpu",
         return StableAudioModel.load(path, device=device, **options)
     if options:
         raise CheckpointError(f"model options {sorted(options)} apply to a Stable Audio pipeline folder, but the "
-                              f"model {str(path or 'baseline')!r} is a dragontune checkpoint file; remove them")
+                              f"model {str(path or 'the committed baseline')!r} is a dragontune checkpoint file; set "
+                              "baseline=FOLDER (a StableAudioPipeline.save_pretrained folder) or remove model_options")
     from dragontune.models.checkpoint import load_model
 
     return load_model(path, device=device)
