@@ -5,9 +5,11 @@
 For each pipeline size (``tiny``: the test pipeline; ``larger``: 8 blocks of width 512) and each variant, a fresh
 process loads the pipeline folder and measures
 
-- the peak resident memory (Linux ``VmHWM`` of the process, reset with ``/proc/self/clear_refs`` after loading, so
-  it is the peak *during* the steps on top of what is resident after loading) and the resident memory after
-  set-up (model, reference, optimiser) — ``VmRSS`` before the steps;
+- the resident memory after loading the pipeline and touching its weights (``VmRSS``) and the peak resident memory from then on (``VmHWM``,
+  reset with ``/proc/self/clear_refs`` after loading) through set-up (reference, adapters, optimiser) and the steps
+  (activations, gradients, Adam state). Workers run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns freed
+  tensors to the system at once and the resident size follows the live tensors (otherwise freed activations stay
+  resident and hide the differences). The figure compared is the peak minus the loaded size;
 - the median time of one DRAGON DPO step (``dragontune.dragon.loop._train_round``: policy forward + backward,
   reference forward, shared sigma and noise, Adam) and of one plain fine-tuning step on the same clips (policy
   forward + backward of the model's own objective, Adam), measured in the same process: their ratio.
@@ -56,6 +58,13 @@ def worker(pipe: str, variant: str, pairs: int, reps: int) -> dict:
 
     torch.manual_seed(0)
     policy = load_diffusion_model(pipe)
+    n_base = sum(p.numel() for p in policy.trainable.parameters())
+    with torch.no_grad():  # touch every weight page (diffusers may map the file lazily) and the text encoder
+        sum(float(p.sum()) for p in policy.trainable.parameters())
+        policy.cond(["warm-up prompt"])
+    rss_loaded = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS
     ref = policy.copy_frozen() if variant in ("full", "lora+copy") else None
     if variant != "full":
         add_lora(policy, LoraSettings(rank=16), policy.family)
@@ -63,7 +72,6 @@ def worker(pipe: str, variant: str, pairs: int, reps: int) -> dict:
         ref = make_reference(policy, "adapters_off")
     params = list(policy.parameters())
     n_train = sum(p.numel() for p in params)
-    n_total = sum(p.numel() for p in policy.trainable.parameters())
     opt = torch.optim.Adam(params, lr=1e-6)
     g = torch.Generator().manual_seed(0)
     n = 2 * pairs
@@ -86,18 +94,15 @@ def worker(pipe: str, variant: str, pairs: int, reps: int) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 45.0)
         opt.step()
 
-    dragon_step(0)  # warm-up (allocates Adam state), then measure the steady state
+    dragon_step(0)  # warm-up (allocates Adam state), then time the steady state
     plain_step(0)
-    rss_setup = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current RSS
     times = {"dragon": [], "plain": []}
     for i in range(reps):
         for name, fn in (("dragon", dragon_step), ("plain", plain_step)):
             t = time.perf_counter()
             fn(i + 1)
             times[name].append(time.perf_counter() - t)
-    return {"variant": variant, "params_total": n_total, "params_trained": n_train, "rss_setup": rss_setup,
+    return {"variant": variant, "params_total": n_base, "params_trained": n_train, "rss_loaded": rss_loaded,
             "peak_rss": _status("VmHWM"), "dragon_s": statistics.median(times["dragon"]),
             "plain_s": statistics.median(times["plain"]), "clips": n, "latent": list(policy.latent_shape)}
 
@@ -126,7 +131,7 @@ def main():
             cmd = [sys.executable, __file__, "--worker", str(pipe), variant, "--pairs", str(args.pairs),
                    "--reps", str(args.reps)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                                 env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+                                 env={**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}).stdout
             rows.append({"size": size, **json.loads(out.strip().splitlines()[-1])})
             print(rows[-1], file=sys.stderr)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
@@ -138,16 +143,26 @@ def main():
              f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min; the CPU is shared).",
              f"Command: `OMP_NUM_THREADS=1 python benchmarks/bench_byom.py --pairs {args.pairs} --reps {args.reps}`; "
              f"{2 * args.pairs} clips per step (DPO, {args.pairs} pairs), median of {args.reps} steps after one "
-             "warm-up; each row a fresh process. Memory: resident after set-up (model + reference + optimiser, after a "
-             "warm-up step) and the peak during the steps (VmHWM reset after set-up).\n",
-             "| pipeline | variant | transformer params | trained params | RSS after set-up | peak RSS in steps "
+             "warm-up; each row a fresh process (MALLOC_MMAP_THRESHOLD_=65536). Memory: resident after loading the "
+             "pipeline, and the peak from then on (reference, adapters, optimiser, the warm-up and timed DRAGON and "
+             "plain steps) above it.\n",
+             "| pipeline | variant | transformer params | trained params | RSS loaded | peak RSS | peak - loaded "
              "| DRAGON step | plain step | DRAGON / plain |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['size']} (latent {r['latent'][0]}x{r['latent'][1]}) | {r['variant']} | "
                      f"{r['params_total'] / 1e6:.2f} M | {r['params_trained'] / 1e6:.3f} M | "
-                     f"{r['rss_setup'] / mib:.0f} MiB | {r['peak_rss'] / mib:.0f} MiB | {1000 * r['dragon_s']:.0f} ms | "
+                     f"{r['rss_loaded'] / mib:.0f} MiB | {r['peak_rss'] / mib:.0f} MiB | "
+                     f"{(r['peak_rss'] - r['rss_loaded']) / mib:.0f} MiB | {1000 * r['dragon_s']:.0f} ms | "
                      f"{1000 * r['plain_s']:.0f} ms | {r['dragon_s'] / r['plain_s']:.2f} |")
+    lines += ["", "`full`: full fine-tuning with a frozen deep-copy reference; `lora`: LoRA rank 16 on the attention and "
+              "MLP projections, the reference = the same transformer with its adapters disabled (no weight copy); "
+              "`lora+copy`: LoRA with a deep-copy reference (the difference to `lora` is the copy). Transformer "
+              "params exclude the adapters. Peak - loaded holds the reference copy (if any), gradients, Adam state, "
+              "activations and the text-encoder/VAE work of the steps. Step times are absolute on a shared CPU; "
+              "the ratio compares two steps timed alternately in the same process. CPU only: no GPU was lent to "
+              "the session that measured this, so CUDA memory, samples/s and a two-process NCCL run are not "
+              "measured here."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
