@@ -530,3 +530,26 @@ def test_sample_command_takes_a_pipeline_folder(sa, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all((tmp_path / "s" / r["file"]).is_file() for r in rows)
     assert main(["sample", "--checkpoint", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "t")]) == 2
+
+
+def test_merge_command_writes_a_pipeline_that_equals_base_plus_adapters(sa, tmp_path):
+    from dragontune.cli import main
+
+    m = load_diffusion_model(sa["pipe"])
+    add_lora(m, LoraSettings(rank=2), m.family)
+    _perturb_lora(m, 2)
+    adapter = save_adapters(m, tmp_path / "adapter", str(sa["pipe"]))
+    out = tmp_path / "merged"
+    assert main(["merge-lora", "--base", str(sa["pipe"]), "--adapter", str(adapter), "--out", str(out)]) == 0
+    merged = load_diffusion_model(out)  # a complete pipeline folder again
+    x0, n = _x(m, 2)
+    s = torch.tensor([0.7, 5.0])
+    c = m.cond(PROMPTS[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(merged.denoising_error(x0, n, s, c), m.denoising_error(x0, n, s, c),
+                                   rtol=1e-4, atol=1e-5)
+    assert main(["merge-lora", "--base", str(sa["pipe"]), "--adapter", str(adapter), "--out", str(out)]) == 2
+    assert main(["sample", "--checkpoint", str(sa["pipe"]), "--adapter", str(adapter), "--prompt", "soft piano",
+                 "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "s")]) == 0
+    assert main(["sample", "--checkpoint", str(sa["pipe"]), "--adapter", str(tmp_path / "nope"), "--prompt", "x",
+                 "--out", str(tmp_path / "t")]) == 2
