@@ -166,7 +166,6 @@ def cmd_sample(args) -> int:
 
 def cmd_score(args) -> int:
     from dragontune.file_scoring import load_clips, parse_reward_spec, score_clips
-    from dragontune.models.checkpoint import load_model
     from dragontune.rewards.registry import RewardContext, build_reward, format_result_table
     from dragontune.utils import atomic_write_json
 
@@ -188,7 +187,9 @@ def cmd_score(args) -> int:
         else:
             spec["exemplars"] = {"corpus": ex, **({"filter": args.filter} if args.filter else {})}
     files, prompts = _score_inputs(args)
-    model = load_model(args.checkpoint)
+    from dragontune.models.loading import load_diffusion_model
+
+    model = load_diffusion_model(args.checkpoint)  # a pipeline folder: its VAE for encoder 'vae'
     ctx = RewardContext(codec=model.codec)
     reward = build_reward(spec, ctx)
     sr = model.sample_rate
@@ -403,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run", help="a folder written by `dragontune sample`, or a DRAGON run directory "
                                   "(its evaluation clips); prompts come with them")
     sc.add_argument("--prompt", default=None, help="prompt for every clip of --audio-dir (clap/tag scores)")
-    sc.add_argument("--checkpoint", default=None, help="model whose codec the codec encoder uses (default baseline)")
+    sc.add_argument("--checkpoint", default=None, help="model whose codec the codec encoder uses (default baseline), or a Stable Audio "
+                    "pipeline folder whose VAE the vae encoder uses")
     sc.add_argument("--out", default="score.json")
     sc.set_defaults(fn=cmd_score)
 

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from dragontune.errors import ConfigError
-from dragontune.sampling import CFGDenoiser, CFGPPDenoiser, get_sampler, seeded_noise
+from dragontune.sampling import CFGDenoiser, CFGPPDenoiser, exponential_sigmas, get_sampler, karras_sigmas, seeded_noise
 
 
 @dataclasses.dataclass
@@ -28,6 +28,16 @@ class SamplerConfig:
     sigma_max: float = 80.0
     rho: float = 7.0
     batch_size: int = 32
+
+
+def schedule_sigmas(schedule: dict, steps: int, device=None) -> torch.Tensor:
+    """The float32 sigmas (steps + 1, last 0) of a model's ``sampling_schedule``."""
+    kind, lo, hi = schedule["kind"], schedule["sigma_min"], schedule["sigma_max"]
+    if kind == "karras":
+        return karras_sigmas(steps, lo, hi, schedule["rho"], device=device, dtype=torch.float32)
+    if kind == "exponential":
+        return exponential_sigmas(steps, lo, hi, device=device, dtype=torch.float32)
+    raise ConfigError(f"unknown sigma schedule {kind!r}: karras or exponential")
 
 
 def make_guided(model, cond: dict, sc: SamplerConfig):
@@ -67,7 +77,7 @@ def generate_latents(
     period = None if bpm is None else model.tempo_frames(bpm)
     solver = get_sampler(sc.sampler)
     device = model.device
-    sigmas = model.sampling_sigmas(sc)
+    sigmas = schedule_sigmas(model.sampling_schedule(sc), sc.steps, device)
     out = []
     with model.eval_mode():
         for i in range(0, len(prompts), sc.batch_size):

@@ -100,11 +100,13 @@ def test_sampling_schedule_is_the_schedulers(model):
     reversed, then 0 (computed here independently)."""
     import math
 
-    sig = model.sampling_sigmas(SamplerConfig(steps=5))
+    from dragontune.generate import schedule_sigmas
+
+    sig = schedule_sigmas(model.sampling_schedule(SamplerConfig(steps=5)), 5)
     ref = [math.exp(math.log(500) + i / 4 * (math.log(0.3) - math.log(500))) for i in range(5)] + [0.0]
     torch.testing.assert_close(sig, torch.tensor(ref), rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="sigma_max"):
-        model.sampling_sigmas(SamplerConfig(steps=5, sigma_max=20.0))
+        model.sampling_schedule(SamplerConfig(steps=5, sigma_max=20.0))
 
 
 def test_sampler_matches_the_pipelines_own_loop(model):
@@ -529,6 +531,11 @@ def test_sample_command_takes_a_pipeline_folder(sa, tmp_path):
                  "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "s")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all((tmp_path / "s" / r["file"]).is_file() for r in rows)
+    # ... and the clips score with per-song VAE-FAD from the command line (the pipeline's VAE as the encoder)
+    assert main(["score", "--reward", "per_song_fad", "--encoder", "vae", "--exemplars", str(sa["corpus"] / "audio"),
+                 "--run", str(tmp_path / "s"), "--checkpoint", str(sa["pipe"]), "--out", str(tmp_path / "sc.json")]) == 0
+    scores = json.loads((tmp_path / "sc.json").read_text())["scores"]
+    assert len(scores) == 2 and all(isinstance(x, float) for x in scores)
     assert main(["sample", "--checkpoint", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "t")]) == 2
 
 

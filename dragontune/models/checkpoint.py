@@ -182,10 +182,8 @@ class T2AModel(DiffusionModel):
     def train_sigma(self, n: int, generator: torch.Generator, p_mean: float, p_std: float) -> torch.Tensor:
         return sample_sigma(n, generator, p_mean, p_std)
 
-    def sampling_sigmas(self, sc) -> torch.Tensor:
-        from dragontune.sampling import karras_sigmas
-
-        return karras_sigmas(sc.steps, sc.sigma_min, sc.sigma_max, sc.rho, device=self.device, dtype=torch.float32)
+    def sampling_schedule(self, sc) -> dict:
+        return {"kind": "karras", "sigma_min": sc.sigma_min, "sigma_max": sc.sigma_max, "rho": sc.rho}
 
     @property
     def trainable(self) -> nn.Module:

@@ -13,7 +13,9 @@ A ``DiffusionModel`` has:
 - ``denoiser(x, sigma[B], **cond) -> D`` and ``denoising_error(x0, noise, sigma, cond) -> [B]``, the per-sample
   training error with the noise and sigma given explicitly (DPO/KTO share them between policy and reference);
 - ``train_sigma(n, generator, p_mean, p_std)``: the noise levels of the model's training distribution;
-- ``sampling_sigmas(sampler_config)``: the decreasing sigma schedule (last entry 0) generation integrates;
+- ``sampling_schedule(sampler_config)``: which sigma schedule generation integrates, as
+  ``{"kind": "karras" | "exponential", "sigma_min", "sigma_max", "rho"}`` (``generate.schedule_sigmas`` builds
+  it: this layer does not import the samplers);
 - ``codec`` (``encode``/``decode``, ``sample_rate``), ``latent_shape``, ``device``;
 - ``trainable`` (the ``nn.Module`` whose parameters the optimiser updates; for LoRA only the adapters require
   grad), ``eval_mode()`` (a context: eval mode for generation, restored after).
@@ -59,7 +61,7 @@ class DiffusionModel(abc.ABC):
     def train_sigma(self, n: int, generator: torch.Generator, p_mean: float, p_std: float) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def sampling_sigmas(self, sc) -> torch.Tensor: ...
+    def sampling_schedule(self, sc) -> dict: ...
 
     # -- latents and audio
     @property

@@ -235,8 +235,8 @@ class AdaptersOffReference(DiffusionModel):
     def train_sigma(self, n, generator, p_mean, p_std):
         return self.policy.train_sigma(n, generator, p_mean, p_std)
 
-    def sampling_sigmas(self, sc):
-        return self.policy.sampling_sigmas(sc)
+    def sampling_schedule(self, sc):
+        return self.policy.sampling_schedule(sc)
 
     @property
     def latent_shape(self):

@@ -250,24 +250,20 @@ class StableAudioModel(DiffusionModel):
         t = torch.rand(n, generator=generator, dtype=torch.float32)
         return torch.tan(t * (math.pi / 2)).clamp(1e-4, 1e4)
 
-    def sampling_sigmas(self, sc) -> torch.Tensor:
-        """The scheduler's schedule (exponential or Karras between its sigma_min and sigma_max), then 0."""
+    def sampling_schedule(self, sc) -> dict:
+        """The scheduler's schedule (exponential or Karras between its sigma_min and sigma_max)."""
         cfg = self.scheduler_config
         lo, hi = float(cfg.get("sigma_min", 0.3)), float(cfg.get("sigma_max", 500.0))
-        from dragontune.generate import SamplerConfig
-
-        default = SamplerConfig()
+        default = type(sc)()
         for key, mine in (("sigma_min", lo), ("sigma_max", hi)):
             v = getattr(sc, key)
             if v != getattr(default, key) and not math.isclose(v, mine):
                 raise ConfigError(f"sampler.{key}={v} differs from this pipeline's scheduler ({key}={mine}); a "
                                   "Stable Audio model samples over its scheduler's range: leave it at the default")
-        if cfg.get("sigma_schedule", "exponential") == "karras":
-            from dragontune.sampling import karras_sigmas
-
-            return karras_sigmas(sc.steps, lo, hi, float(cfg.get("rho", 7.0)), device=self.device, dtype=torch.float32)
-        s = torch.linspace(math.log(lo), math.log(hi), sc.steps).exp().flip(0)
-        return torch.cat([s, s.new_zeros(1)]).to(self.device, torch.float32)
+        kind = cfg.get("sigma_schedule", "exponential")
+        if kind not in ("exponential", "karras"):
+            raise ConfigError(f"scheduler sigma_schedule={kind!r}: exponential or karras only")
+        return {"kind": kind, "sigma_min": lo, "sigma_max": hi, "rho": float(cfg.get("rho", 7.0))}
 
     # -- latents and audio
     @property
