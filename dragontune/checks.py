@@ -8,6 +8,7 @@ for the ``device`` strings every command takes.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -164,6 +165,16 @@ def check_finetune(cfg) -> None:
     at_least("micro_batch", cfg.micro_batch, 0, "0 = the whole per-process batch at once")
     if not isinstance(cfg.model_options, dict):
         raise _bad("model_options", cfg.model_options, "must be a mapping, e.g. {seconds_total: 10}")
+    if str(cfg.baseline).strip() and Path(cfg.baseline).is_dir():  # a pipeline folder: its layout, before any work
+        from dragontune.models.stable_audio import MODEL_OPTIONS, check_pipeline_dir
+
+        check_pipeline_dir(Path(cfg.baseline))
+        unknown = sorted(set(cfg.model_options) - set(MODEL_OPTIONS))
+        if unknown:
+            raise _bad("model_options", cfg.model_options, f"unknown keys {unknown}; valid: {', '.join(MODEL_OPTIONS)}")
+    elif cfg.model_options:
+        raise _bad("model_options", cfg.model_options, "applies to a Stable Audio pipeline folder only",
+                   "set baseline=FOLDER (a StableAudioPipeline.save_pretrained folder) or remove model_options")
     _check_combination(cfg)
 
 

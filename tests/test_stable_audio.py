@@ -151,6 +151,8 @@ def test_generate_per_sample_seeds_and_decode(model):
     torch.testing.assert_close(both[1], one[0], rtol=1e-5, atol=1e-5)  # a sample depends on its seed only
     again = generate_latents(model, PROMPTS[:1], [11], sc)
     assert torch.equal(again[0], both[0]) or torch.allclose(again[0], both[0], atol=1e-5)
+    pp = generate_latents(model, PROMPTS[:2], [11, 12], SamplerConfig(steps=3, cfg=3.0, cfgpp=True, cfgpp_scale=0.5))
+    assert torch.isfinite(pp).all() and not torch.allclose(pp, both, atol=1e-4)  # CFG++ through the same interface
     audio = model.decode(both)
     sr = model.sample_rate
     assert audio.shape == (2, 2, int(model.seconds_total * sr))
@@ -211,6 +213,21 @@ def test_vae_latents_that_do_not_fit_the_transformer(sa, tmp_path):
     shutil.copytree(other / "vae", mixed / "vae")
     with pytest.raises(CheckpointError, match="8 channels but the transformer takes 4"):
         load_diffusion_model(mixed)
+
+
+def test_finetune_checks_the_folder_and_options_before_any_work(sa, tmp_path):
+    from dragontune.checks import check_finetune
+
+    bad = tmp_path / "bad"
+    shutil.copytree(sa["pipe"], bad)
+    shutil.rmtree(bad / "vae")
+    with pytest.raises(CheckpointError, match="vae/"):
+        check_finetune(load_config(DragonConfig, None, overrides(sa, tmp_path / "r", baseline=str(bad))))
+    with pytest.raises(ConfigError, match="seconds_end"):
+        check_finetune(load_config(DragonConfig, None, overrides(sa, tmp_path / "r", model_options={"seconds_end": 1})))
+    with pytest.raises(ConfigError, match="pipeline folder only"):
+        check_finetune(load_config(DragonConfig, None, overrides(sa, tmp_path / "r", baseline="",
+                                                                 model_options={"seconds_total": 1})))
 
 
 def test_lora_targets_that_match_nothing_list_the_modules(sa):

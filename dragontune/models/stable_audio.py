@@ -45,6 +45,7 @@ SUBFOLDERS = {
     "scheduler": ["scheduler_config.json"],
 }
 SCHEDULERS = ("CosineDPMSolverMultistepScheduler",)
+MODEL_OPTIONS = ("seconds_start", "seconds_total")
 
 
 def check_pipeline_dir(path: Path) -> dict:
