@@ -19,8 +19,9 @@ RUNS = [
     ["benchmarks/bench_metrics.py", "--out", "benchmarks/results/metrics.md"],
     ["benchmarks/bench_encoders.py", "--out", "benchmarks/results/encoders.md"],
     ["benchmarks/bench_set_rewards.py", "--out", "benchmarks/results/set-rewards.md"],
+    ["benchmarks/bench_byom.py", "--out", "benchmarks/results/byom-cpu.md"],
 ]
-ORDER = ["summary", "model-cpu", "bench_model_cuda", "bench_model_cuda_large", "dragon-cpu", "set-rewards", "demo", "metrics",
+ORDER = ["summary", "model-cpu", "bench_model_cuda", "bench_model_cuda_large", "dragon-cpu", "byom-cpu", "set-rewards", "demo", "metrics",
          "metrics_cuda", "encoders", "codec"]
 
 

@@ -8,6 +8,7 @@ for the ``device`` strings every command takes.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -156,6 +157,24 @@ def check_finetune(cfg) -> None:
             raise _bad(key, v, "must be corpus:SPLIT or a text file with one prompt per line")
     check_sampler(cfg.sampler, "sampler.")
     check_sampler(cfg.eval_sampler, "eval_sampler.")
+    cfg.lora.check("lora.")
+    one_of("reference", cfg.reference, ("auto", "copy", "adapters_off"))
+    if cfg.reference == "adapters_off" and not cfg.lora.enabled:
+        raise _bad("reference", cfg.reference, "adapters_off needs LoRA (lora.rank > 0)",
+                   "use reference=copy (or auto) for full fine-tuning")
+    at_least("micro_batch", cfg.micro_batch, 0, "0 = the whole per-process batch at once")
+    if not isinstance(cfg.model_options, dict):
+        raise _bad("model_options", cfg.model_options, "must be a mapping, e.g. {seconds_total: 10}")
+    if str(cfg.baseline).strip() and Path(cfg.baseline).is_dir():  # a pipeline folder: its layout, before any work
+        from dragontune.models.stable_audio import MODEL_OPTIONS, check_pipeline_dir
+
+        check_pipeline_dir(Path(cfg.baseline))
+        unknown = sorted(set(cfg.model_options) - set(MODEL_OPTIONS))
+        if unknown:
+            raise _bad("model_options", cfg.model_options, f"unknown keys {unknown}; valid: {', '.join(MODEL_OPTIONS)}")
+    elif cfg.model_options:
+        raise _bad("model_options", cfg.model_options, "applies to a Stable Audio pipeline folder only",
+                   "set baseline=FOLDER (a StableAudioPipeline.save_pretrained folder) or remove model_options")
     _check_combination(cfg)
 
 

@@ -115,7 +115,7 @@ def read_prompts(args) -> list[str]:
 def cmd_sample(args) -> int:
     from dragontune.audio import save_wav
     from dragontune.generate import SamplerConfig, generate_latents
-    from dragontune.models.checkpoint import load_model
+    from dragontune.models.loading import load_diffusion_model
     from dragontune.utils import atomic_write_text, ensure_writable_dir, resolve_device
 
     from dragontune.checks import at_least, check_device, check_sampler, positive
@@ -129,8 +129,19 @@ def cmd_sample(args) -> int:
     if args.bpm is not None:
         positive("--bpm", args.bpm)
     check_device("--device", args.device)
+    options = {}
+    if args.seconds_total is not None:
+        options["seconds_total"] = args.seconds_total
+    if args.adapter and not Path(args.adapter).is_dir():
+        raise DragontuneError(f"--adapter {args.adapter!r} is not a folder; give RUN/adapter of a LoRA run")
     out = ensure_writable_dir(args.out)
-    model = load_model(args.checkpoint, device=resolve_device(args.device))
+    model = load_diffusion_model(args.checkpoint, device=resolve_device(args.device), options=options)
+    if args.adapter:
+        from dragontune.models.lora import load_adapters
+
+        load_adapters(model, args.adapter)
+    if args.bpm is not None and not hasattr(model, "tempo_frames"):
+        raise DragontuneError(f"--bpm: the model {args.checkpoint!r} has no tempo conditioning; drop --bpm")
     rows, P, S = [], [], []
     for i, p in enumerate(prompts):
         for k in range(args.n_per_prompt):
@@ -142,7 +153,7 @@ def cmd_sample(args) -> int:
     for j, (p, s) in enumerate(zip(P, S)):
         name = f"{j:04d}_seed{s}.wav"
         n_clip += save_wav(out / name, audio[j], model.sample_rate, warn=False)
-        rows.append({"file": name, "prompt": p, "seed": s, "checkpoint": str(args.checkpoint or "baseline"),
+        rows.append({"file": name, "prompt": p, "seed": s, "checkpoint": str(args.checkpoint or "baseline"), "adapter": args.adapter,
                      "sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfgpp": args.cfgpp,
                      "bpm": args.bpm})
     atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -155,7 +166,6 @@ def cmd_sample(args) -> int:
 
 def cmd_score(args) -> int:
     from dragontune.file_scoring import load_clips, parse_reward_spec, score_clips
-    from dragontune.models.checkpoint import load_model
     from dragontune.rewards.registry import RewardContext, build_reward, format_result_table
     from dragontune.utils import atomic_write_json
 
@@ -177,7 +187,9 @@ def cmd_score(args) -> int:
         else:
             spec["exemplars"] = {"corpus": ex, **({"filter": args.filter} if args.filter else {})}
     files, prompts = _score_inputs(args)
-    model = load_model(args.checkpoint)
+    from dragontune.models.loading import load_diffusion_model
+
+    model = load_diffusion_model(args.checkpoint)  # a pipeline folder: its VAE for encoder 'vae'
     ctx = RewardContext(codec=model.codec)
     reward = build_reward(spec, ctx)
     sr = model.sample_rate
@@ -304,6 +316,32 @@ def cmd_listen(args) -> int:
     return 0
 
 
+def cmd_merge_lora(args) -> int:
+    """Fold LoRA adapters into their base: a full pipeline folder (Stable Audio) or a model file (in-project DiT)."""
+    import shutil
+
+    from dragontune.models.loading import is_pipeline_dir, load_diffusion_model
+    from dragontune.models.lora import load_adapters, merge_adapters, read_adapter_info
+
+    read_adapter_info(args.adapter)  # names what is missing before the base is loaded
+    out = Path(args.out)
+    if out.exists():
+        raise DragontuneError(f"--out {str(out)!r} exists; give a new path (nothing is overwritten)")
+    model = load_diffusion_model(args.base)
+    load_adapters(model, args.adapter)
+    merge_adapters(model)
+    if is_pipeline_dir(args.base):
+        tmp = out.with_name(f".{out.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(args.base, tmp, ignore=shutil.ignore_patterns("transformer"))
+        model.save_full(tmp / "transformer")
+        tmp.rename(out)
+    else:
+        model.save_full(out)
+    print(f"wrote the merged model to {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from dragontune.demo import run_demo
 
@@ -366,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run", help="a folder written by `dragontune sample`, or a DRAGON run directory "
                                   "(its evaluation clips); prompts come with them")
     sc.add_argument("--prompt", default=None, help="prompt for every clip of --audio-dir (clap/tag scores)")
-    sc.add_argument("--checkpoint", default=None, help="model whose codec the codec encoder uses (default baseline)")
+    sc.add_argument("--checkpoint", default=None, help="model whose codec the codec encoder uses (default baseline), or a Stable Audio "
+                    "pipeline folder whose VAE the vae encoder uses")
     sc.add_argument("--out", default="score.json")
     sc.set_defaults(fn=cmd_score)
 
@@ -430,7 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     li.set_defaults(fn=cmd_listen)
 
     sm = sub.add_parser("sample", help="generate audio from a checkpoint")
-    sm.add_argument("--checkpoint", default=None, help="model .safetensors (default: the committed baseline)")
+    sm.add_argument("--checkpoint", default=None, help="model .safetensors (default: the committed baseline), or a "
+                    "Stable Audio pipeline folder (StableAudioPipeline.save_pretrained layout, read from disk only)")
+    sm.add_argument("--adapter", default=None, help="LoRA adapters to apply (RUN/adapter of a LoRA finetune run)")
+    sm.add_argument("--seconds-total", type=float, default=None,
+                    help="Stable Audio pipeline only: clip length in seconds (default: the longest it makes)")
     sm.add_argument("--prompt", action="append")
     sm.add_argument("--prompts", help="text file, one prompt per line")
     sm.add_argument("--seed", type=int, default=0)
@@ -449,7 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--device", default="auto")
     sm.add_argument("--out", required=True)
     sm.set_defaults(fn=cmd_sample)
+    _add_merge(sub)
     return ap
+
+
+def _add_merge(sub) -> None:
+    mg = sub.add_parser("merge-lora", help="fold LoRA adapters into their base model (a new pipeline folder or file)")
+    mg.add_argument("--base", required=True, help="the base: a Stable Audio pipeline folder or a model .safetensors")
+    mg.add_argument("--adapter", required=True, help="the adapter folder (RUN/adapter)")
+    mg.add_argument("--out", required=True, help="new pipeline folder (Stable Audio) or .safetensors file (DiT)")
+    mg.set_defaults(fn=cmd_merge_lora)
 
 
 def main(argv: list[str] | None = None) -> int:

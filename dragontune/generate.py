@@ -1,4 +1,4 @@
-"""Generation with a T2AModel: per-sample seeds, CFG or CFG++ in one batched forward, any solver.
+"""Generation with any DiffusionModel (dragontune.models.interface): per-sample seeds, CFG or CFG++ in one batched forward, any solver.
 
 A sample's latent depends only on (prompt, seed, model, sampler settings) — never on the batch it was
 generated in or on the process rank — up to floating-point differences of batched matmuls.
@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from dragontune.errors import ConfigError
-from dragontune.sampling import CFGDenoiser, CFGPPDenoiser, get_sampler, karras_sigmas, seeded_noise
+from dragontune.sampling import CFGDenoiser, CFGPPDenoiser, exponential_sigmas, get_sampler, karras_sigmas, seeded_noise
 
 
 @dataclasses.dataclass
@@ -28,6 +28,16 @@ class SamplerConfig:
     sigma_max: float = 80.0
     rho: float = 7.0
     batch_size: int = 32
+
+
+def schedule_sigmas(schedule: dict, steps: int, device=None) -> torch.Tensor:
+    """The float32 sigmas (steps + 1, last 0) of a model's ``sampling_schedule``."""
+    kind, lo, hi = schedule["kind"], schedule["sigma_min"], schedule["sigma_max"]
+    if kind == "karras":
+        return karras_sigmas(steps, lo, hi, schedule["rho"], device=device, dtype=torch.float32)
+    if kind == "exponential":
+        return exponential_sigmas(steps, lo, hi, device=device, dtype=torch.float32)
+    raise ConfigError(f"unknown sigma schedule {kind!r}: karras or exponential")
 
 
 def make_guided(model, cond: dict, sc: SamplerConfig):
@@ -67,11 +77,9 @@ def generate_latents(
     period = None if bpm is None else model.tempo_frames(bpm)
     solver = get_sampler(sc.sampler)
     device = model.device
-    sigmas = karras_sigmas(sc.steps, sc.sigma_min, sc.sigma_max, sc.rho, device=device, dtype=torch.float32)
-    was = model.net.training
-    model.net.eval()
+    sigmas = schedule_sigmas(model.sampling_schedule(sc), sc.steps, device)
     out = []
-    try:
+    with model.eval_mode():
         for i in range(0, len(prompts), sc.batch_size):
             p = list(prompts[i:i + sc.batch_size])
             s = list(seeds[i:i + sc.batch_size])
@@ -82,8 +90,6 @@ def generate_latents(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
                 lat = solver(make_guided(model, cond, sc), x, sigmas, callback=callback, disable=disable)
             out.append(lat.float().cpu())
-    finally:
-        model.net.train(was)
     return torch.cat(out)
 
 
@@ -96,15 +102,18 @@ def generate_latents_cached(model, model_file: str | None, prompts: Sequence[str
     the credit pool's warm-up) are made once. Written atomically.
     """
     from dragontune.models.checkpoint import PACKAGE_BASELINE
+    from pathlib import Path
+
     from dragontune.utils import load_safetensors, save_safetensors_atomic, sha256_file, sha256_json
 
     if cache_dir is None or cache_dir == "":
         return generate_latents(model, prompts, seeds, sc)
     model_file = str(PACKAGE_BASELINE) if model_file is None else str(model_file)
+    if Path(model_file).is_dir():
+        raise ConfigError(f"a generation cache keys on a model file; {model_file!r} is a pipeline folder: leave the "
+                          "cache (pool.cache_dir, --generation-cache) unset for it")
     key = sha256_json({"model": sha256_file(model_file), "prompts": list(prompts), "seeds": [int(s) for s in seeds],
                        "sampler": dataclasses.asdict(sc), "format": 1})[:32]
-    from pathlib import Path
-
     path = Path(cache_dir) / f"{key}.safetensors"
     if path.is_file():
         return load_safetensors(path)[0]["latents"]

@@ -38,7 +38,8 @@ SAFE_TO_CHANGE = ("rounds", "steps", "threads", "ckpt_every", "eval_every", "log
                   "sample_every", "keep_checkpoints")
 # Files and folders a run writes; --overwrite removes exactly these.
 RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "demos", "samples", "eval", "model.safetensors",
-                 "batch_arithmetic.json", "report.html")
+                 "batch_arithmetic.json", "report.html",
+                 "adapter", "transformer")  # a LoRA run's adapters; a Stable Audio run's trained transformer
 LOCK = ".lock"
 
 _HELD: dict[str, int] = {}  # lock files this process holds: real path -> fd

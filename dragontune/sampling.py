@@ -55,6 +55,7 @@ from dragontune.errors import ConfigError
 
 __all__ = [
     "karras_sigmas",
+    "exponential_sigmas",
     "StepInfo",
     "Prediction",
     "sample_euler",
@@ -106,6 +107,24 @@ def karras_sigmas(
     sig = (hi + ramp * (lo - hi)) ** rho
     sig = torch.cat([sig, sig.new_zeros(1)])
     return sig.to(device=device, dtype=dtype)
+
+
+def exponential_sigmas(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Log-uniform schedule σ_i = exp(log σ_max + i/(n−1)·(log σ_min − log σ_max)), i < n, then 0 (the
+    "exponential" schedule of k-diffusion and of diffusers' cosine/EDM DPM-Solver schedulers)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"exponential_sigmas: number of steps n={n!r} must be an integer >= 1")
+    if not (math.isfinite(float(sigma_min)) and math.isfinite(float(sigma_max)) and 0.0 < sigma_min < sigma_max):
+        raise ConfigError(f"exponential_sigmas: need 0 < sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}")
+    ramp = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    sig = torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max)))
+    return torch.cat([sig, sig.new_zeros(1)]).to(device=device, dtype=dtype)
 
 
 def _check_sigmas(sigmas: Tensor, x: Tensor) -> Tensor:

@@ -31,8 +31,9 @@ from dragontune.dragon.pool import FeaturePool, PoolConfig
 from dragontune.dragon.recipes import resolve_recipe
 from dragontune.errors import ConfigError, DataError
 from dragontune.generate import SamplerConfig, generate_latents, generate_latents_cached
-from dragontune.models.checkpoint import load_model, load_state_strict, save_model
-from dragontune.models.edm import P_MEAN, P_STD, denoising_loss, sample_sigma
+from dragontune.dragon.accumulate import step_gradient
+from dragontune.models.edm import P_MEAN, P_STD
+from dragontune.models.lora import LoraSettings
 from dragontune.rewards.base import ScoringBatch, nanmean
 from dragontune.data.corpus import DataConfig, ensure_corpus
 from dragontune.optim import OptimConfig, flatten_optimizer, unflatten_optimizer
@@ -53,7 +54,13 @@ class DragonOptimConfig(OptimConfig):
 @dataclasses.dataclass
 class DragonConfig:
     out_dir: str = "runs/dragon"
-    baseline: str = ""                 # model checkpoint to start from and use as the frozen reference ("" = committed baseline)
+    baseline: str = ""                 # model checkpoint to start from and use as the frozen reference ("" = committed baseline),
+    #                                    or a folder written by diffusers' StableAudioPipeline.save_pretrained
+    model_options: dict = dataclasses.field(default_factory=dict)  # Stable Audio folder: seconds_start, seconds_total
+    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)  # rank > 0: train LoRA adapters only
+    reference: str = "auto"            # auto (adapters_off with LoRA, else copy) | copy (frozen deep copy) | adapters_off
+    micro_batch: int = 0               # per-process samples per forward/backward (gradient accumulation); 0 = all at once
+    grad_checkpointing: bool = False   # activation checkpointing of the transformer blocks in training
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"            # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -147,7 +154,7 @@ def _save_checkpoint(run, rnd: int, policy, opt, credit_pool: FeaturePool | None
     tensors, ometa = flatten_optimizer(opt)
     if credit_pool is not None:
         tensors = {**tensors, **credit_pool.state_tensors()}
-    parts = {"model": ({f"net.{k}": v for k, v in policy.net.state_dict().items()}, policy.spec.to_metadata()),
+    parts = {"model": policy.checkpoint_state(),
              "state": (tensors, {"state": json.dumps({"round": rnd, "optim": ometa}, default=str)})}
     parts.update(extra or {})
     run.save_checkpoint(f"round-{rnd:05d}", parts, {"round": rnd}, fault_tag=str(rnd))
@@ -160,8 +167,7 @@ def _load_checkpoint(run, policy, opt, credit_pool: FeaturePool | None = None) -
     if ck is None:
         return 0, {}
     info, parts = ck
-    state = {k[4:]: v for k, v in parts["model"][0].items() if k.startswith("net.")}
-    load_state_strict(policy.net, state, str(run.ckpt_dir / info["model"]))
+    policy.load_checkpoint_state(parts["model"][0], parts["model"][1], str(run.ckpt_dir / info["model"]))
     tensors, meta = parts["state"]
     if credit_pool is not None:
         credit_pool.load_state_tensors(tensors, str(run.ckpt_dir / info["state"]))
@@ -209,8 +215,19 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         raise ConfigError(f"p_reference={cfg.p_reference} must be in [0, 1]")
     if cfg.batch_per_update < W:
         raise ConfigError(f"batch_per_update={cfg.batch_per_update} is smaller than the {W} processes")
-    policy = load_model(cfg.baseline or None, device=device)
-    reference = policy.copy_frozen()
+    from dragontune.models.loading import load_diffusion_model
+    from dragontune.models.lora import add_lora, make_reference
+
+    policy = load_diffusion_model(cfg.baseline or None, device=device, options=cfg.model_options)
+    policy.train_sigma(1, torch.Generator(), cfg.p_mean, cfg.p_std)  # refuses options this model does not take
+    ref_mode = cfg.reference if cfg.reference != "auto" else ("adapters_off" if cfg.lora.enabled else "copy")
+    reference = policy.copy_frozen() if ref_mode == "copy" else None  # before the adapters: a copy of the base only
+    if cfg.lora.enabled:
+        add_lora(policy, cfg.lora, policy.family, seed=derived_seed(cfg.seed, "lora-init") % (2 ** 63))
+    if reference is None:
+        reference = make_reference(policy, ref_mode)
+    if cfg.grad_checkpointing:
+        policy.set_grad_checkpointing(True)
     ensure_corpus(cfg.data)
     ctx = RewardContext(codec=policy.codec, device=device)
     reward = build_reward(cfg.reward, ctx)
@@ -232,9 +249,9 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     feat_dim = int(getattr(getattr(reward, "encoder", None), "dim", 0) or 0)
     if credit_pool is not None and feat_dim:
         cfg.pool.check_budget(8.0 * feat_dim, f"{feat_dim}-d clip vectors")  # before any generation
-    opt = torch.optim.Adam(policy.net.parameters(), lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+    opt = torch.optim.Adam(list(policy.parameters()), lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                            weight_decay=cfg.optim.weight_decay)
-    ref_hash = sha256_tensors(reference.net.state_dict())
+    ref_hash = sha256_tensors(reference.fingerprint_state())
     start, ckpt_parts = _load_checkpoint(run, policy, opt, credit_pool) if resume else (0, {})
     if resume:
         log.info("resumed after round %d", start) if start else log.info("--resume: no checkpoint yet; from round 0")
@@ -383,7 +400,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         # ---- 6. evaluate, log, checkpoint
         if (cfg.eval_every > 0 and rnd % cfg.eval_every == 0) or rnd == cfg.rounds:
             rec.update(evaluate(policy))
-        rec["ref_unchanged"] = sha256_tensors(reference.net.state_dict()) == ref_hash
+        rec["ref_unchanged"] = sha256_tensors(reference.fingerprint_state()) == ref_hash
         if not rec["ref_unchanged"]:
             raise RuntimeError("the frozen reference model changed during training; this is a bug")
         if mf is not None:
@@ -397,12 +414,12 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         if stop_after_round is not None and rnd >= stop_after_round:
             break
     bar.close()
-    final = out / "model.safetensors"
+    final = policy.trained_path(out)
     if dist.is_main():
         from dragontune.rundir import disk_full_guard
 
         with disk_full_guard(str(final), "the last checkpoint is complete (resume to write the final model)"):
-            save_model(final, policy.net, policy.spec)
+            policy.save_trained(out)
     run.close()
     return final
 
@@ -426,12 +443,13 @@ def _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, pro
     B = cfg.batch_per_update
     order = torch.cat([torch.randperm(n_items, generator=g) for _ in range(math.ceil(cfg.updates_per_round * B / n_items))])
     acc: dict[str, list[float]] = {}
-    policy.net.train()
+    policy.trainable.train()
+    params = list(policy.parameters())
     for m in range(cfg.updates_per_round):
         chunk = items[order[m * B:(m + 1) * B]]
         b = chunk.shape[0]
         # shared randomness for the whole step, drawn identically on every rank, then striped
-        sigma = sample_sigma(b, g, cfg.p_mean, cfg.p_std)
+        sigma = policy.train_sigma(b, g, cfg.p_mean, cfg.p_std)
         noise = torch.randn((b,) + tuple(latents.shape[1:]), generator=g)
         drop = torch.rand(b, generator=g) < cfg.cond_dropout
         if demos.pairs is None and cfg.kto_noise == "paired":
@@ -453,28 +471,25 @@ def _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, pro
         else:
             ids, sig, nz, dr = chunk[:, 0], sigma, noise, drop
         x0 = latents[ids].to(device)
-        cond = policy.cond([prompts[int(i)] for i in ids])
-        cond["text_mask"] = cond["text_mask"] & ~dr.to(device)[:, None]
+        cond = policy.drop_condition(policy.cond([prompts[int(i)] for i in ids]), dr.to(device))
         sig, nz = sig.to(device), nz.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            err_pol = denoising_loss(policy.denoiser, x0, nz, sig, cond).float()
-            with torch.no_grad():
-                err_ref = denoising_loss(reference.denoiser, x0, nz, sig, cond).float()
         if demos.pairs is not None:
-            h = err_pol.shape[0] // 2
-            loss, st = diffusion_dpo_loss(err_pol[:h], err_pol[h:], err_ref[:h], err_ref[h:], beta=cfg.beta)
+            def loss_fn(err_pol, err_ref):
+                h = err_pol.shape[0] // 2
+                return diffusion_dpo_loss(err_pol[:h], err_pol[h:], err_ref[:h], err_ref[h:], beta=cfg.beta)
         else:
-            loss, st = diffusion_kto_loss(err_pol, err_ref, chunk[:, 1].bool().to(device), beta=cfg.beta,
+            def loss_fn(err_pol, err_ref, desirable=chunk[:, 1].bool().to(device)):
+                return diffusion_kto_loss(err_pol, err_ref, desirable, beta=cfg.beta,
                                           w_desirable=cfg.kto_w_desirable, w_undesirable=cfg.kto_w_undesirable,
                                           reference=cfg.kto_reference, utility=cfg.kto_utility)
         step = (rnd - 1) * cfg.updates_per_round + m + 1
         for grp in opt.param_groups:
             grp["lr"] = lr * min(1.0, step / max(1, cfg.optim.warmup_steps))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        dist.average_gradients(policy.net.parameters())
+        loss, st = step_gradient(policy, reference, x0, nz, sig, cond, loss_fn, cfg.micro_batch, use_bf16)
+        dist.average_gradients(params)
         # the norm before clipping is what is logged; grad_clip <= 0 means no clipping
-        gn = torch.nn.utils.clip_grad_norm_(policy.net.parameters(),
+        gn = torch.nn.utils.clip_grad_norm_(params,
                                             cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
         opt.step()
         if m == 0:

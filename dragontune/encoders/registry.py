@@ -1,6 +1,7 @@
 """Encoders by name: ``get_encoder(name, context, **kwargs)``.
 
-Built in: ``codec`` (the generator's own codec latents, needs ``context.codec``) and ``musicnn``. Other
+Built in: ``codec`` (the generator's own codec latents, needs ``context.codec``), ``vae`` (a Stable Audio
+model's Oobleck VAE encoder: the model's codec, or ``pipeline: FOLDER``) and ``musicnn``. Other
 modules add theirs with :func:`register_encoder`; names listed in ``_LAZY`` are imported on first use so
 their module can register itself.
 """
@@ -60,6 +61,33 @@ def _codec_encoder(context: Any, **kwargs: Any) -> Encoder:
     return CodecEncoder(codec, **kwargs)
 
 
+def _vae_encoder(context: Any, pipeline: str | None = None, window: int = 4) -> Encoder:
+    """The generator's VAE encoder (Oobleck, Stable Audio) as the FAD encoder of the paper's "VAE-FAD"."""
+    from dragontune.encoders.codec import CodecEncoder
+    from dragontune.oobleck import OobleckCodec
+
+    if pipeline:
+        from pathlib import Path
+
+        from diffusers import AutoencoderOobleck
+
+        from dragontune.models.stable_audio import check_pipeline_dir
+
+        check_pipeline_dir(Path(pipeline))
+        codec = OobleckCodec(AutoencoderOobleck.from_pretrained(str(pipeline), subfolder="vae",
+                                                                local_files_only=True).eval(), str(pipeline))
+    else:
+        codec = getattr(context, "codec", None)
+    if not isinstance(codec, OobleckCodec):
+        raise EncoderError(
+            "encoder 'vae' embeds audio with a Stable Audio model's Oobleck VAE, but the model here has "
+            f"{'no codec' if codec is None else 'a ' + type(codec).__name__}; use a Stable Audio pipeline folder as "
+            "the model, give the encoder {name: vae, pipeline: FOLDER}, or use encoder 'codec' for the in-project model")
+    enc = CodecEncoder(codec, window=window)
+    enc.name = "vae"
+    return enc
+
+
 def _musicnn_encoder(context: Any, **kwargs: Any) -> Encoder:
     from dragontune.encoders.musicnn import MusicnnEncoder
 
@@ -68,3 +96,4 @@ def _musicnn_encoder(context: Any, **kwargs: Any) -> Encoder:
 
 register_encoder("codec", _codec_encoder)
 register_encoder("musicnn", _musicnn_encoder)
+register_encoder("vae", _vae_encoder)

@@ -17,7 +17,8 @@ from torch import nn
 
 from dragontune.errors import CheckpointError
 from dragontune.models.dit import DiT, DiTConfig, beat_period_frames
-from dragontune.models.edm import EDMDenoiser
+from dragontune.models.edm import EDMDenoiser, denoising_loss, sample_sigma
+from dragontune.models.interface import DiffusionModel
 from dragontune.utils import load_safetensors, save_safetensors_atomic
 
 FORMAT = "dragontune-t2a-1"
@@ -121,12 +122,16 @@ def build_net(spec: ModelSpec, state: dict[str, torch.Tensor] | None = None, sou
     return net
 
 
-class T2AModel:
-    """A text-to-audio diffusion model: network + EDM denoiser + codec + text encoder.
+class T2AModel(DiffusionModel):
+    """The in-project text-to-audio diffusion model: network + EDM denoiser + codec + text encoder.
 
     ``cond(prompts)`` returns the conditioning dict for the denoiser; ``null_cond(cond)`` the matching
-    unconditional one (all text masked: only the learned null token is visible).
+    unconditional one (all text masked: only the learned null token is visible). Implements
+    :class:`dragontune.models.interface.DiffusionModel`. ``net`` is the DiT, or a peft wrapper of it when LoRA
+    adapters were added (:func:`dragontune.models.lora.add_lora`).
     """
+
+    family = "dit"
 
     def __init__(self, net: DiT, spec: ModelSpec, codec=None, text_encoder=None, device="cpu"):
         from dragontune.codecs import codec_from_config
@@ -135,9 +140,11 @@ class T2AModel:
         self.spec = spec
         self.device = torch.device(device)
         self.net = net.to(self.device)
-        self.denoiser = EDMDenoiser(self.net)
+        self._denoiser = EDMDenoiser(self.net)
         self.codec = codec if codec is not None else codec_from_config(spec.codec)
         self.text_encoder = text_encoder if text_encoder is not None else build_text_encoder(spec.text_encoder)
+        self.lora = None      # LoRA settings and base hash once adapters are added (models/lora.py)
+        self.source = ""      # the file it was loaded from
 
     @property
     def latent_shape(self) -> tuple[int, int]:
@@ -155,6 +162,52 @@ class T2AModel:
     def null_cond(cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # other keys (e.g. ``tempo_frames``) are kept: the model ignores them for an empty prompt
         return {**cond, "text": torch.zeros_like(cond["text"]), "text_mask": torch.zeros_like(cond["text_mask"])}
+
+    def drop_condition(self, cond: dict[str, torch.Tensor], drop: torch.Tensor) -> dict[str, torch.Tensor]:
+        # a dropped prompt has an all-False mask: the model then sees only its learned null token
+        return {**cond, "text_mask": cond["text_mask"] & ~drop.to(cond["text_mask"].device)[:, None]}
+
+    @property
+    def denoiser(self) -> EDMDenoiser:
+        return self._denoiser
+
+    def set_net(self, net: nn.Module) -> None:
+        """Replace the network (e.g. by its LoRA-wrapped self); the denoiser follows."""
+        self.net = net.to(self.device)
+        self._denoiser = EDMDenoiser(self.net)
+
+    def denoising_error(self, x0, noise, sigma, cond) -> torch.Tensor:
+        return denoising_loss(self._denoiser, x0, noise, sigma, cond)
+
+    def train_sigma(self, n: int, generator: torch.Generator, p_mean: float, p_std: float) -> torch.Tensor:
+        return sample_sigma(n, generator, p_mean, p_std)
+
+    def sampling_schedule(self, sc) -> dict:
+        return {"kind": "karras", "sigma_min": sc.sigma_min, "sigma_max": sc.sigma_max, "rho": sc.rho}
+
+    @property
+    def trainable(self) -> nn.Module:
+        return self.net
+
+    def lora_target_module(self) -> nn.Module:
+        return self.net
+
+    def set_grad_checkpointing(self, on: bool) -> None:
+        base = self.net.get_base_model() if hasattr(self.net, "get_base_model") else self.net
+        base.grad_checkpointing = bool(on)
+
+    def full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The full network (``net.*``) and its spec, as a model checkpoint holds them."""
+        return {f"net.{k}": v for k, v in self.net.state_dict().items()}, self.spec.to_metadata()
+
+    def load_full_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, str], source: str) -> None:
+        state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        load_state_strict(self.net, state, source)
+
+    full_artifact = "model.safetensors"
+
+    def save_full(self, path: str | os.PathLike) -> None:
+        save_model(path, self.net, self.spec)
 
     def tempo_frames(self, bpm: float) -> float:
         """Beat period in latent frames for ``bpm``; errors if the model has no tempo conditioning or it is out of range."""
@@ -190,4 +243,6 @@ def load_model(path: str | os.PathLike | None = None, device="cpu", text_encoder
     path = Path(path) if path is not None else PACKAGE_BASELINE
     state, spec = read_model_file(path)
     net = build_net(spec, state, str(path))
-    return T2AModel(net, spec, text_encoder=text_encoder, device=device)
+    model = T2AModel(net, spec, text_encoder=text_encoder, device=device)
+    model.source = str(path)
+    return model

@@ -258,6 +258,8 @@ class DiT(nn.Module):
         self.refine = (
             ConvRefiner(C, cfg.refine_channels, cfg.refine_kernel, d, extra) if cfg.refine_channels > 0 else None
         )
+        #: activation checkpointing of the blocks in training (recomputed in backward: less memory, more time)
+        self.grad_checkpointing = False
 
     def _condition(self, c_noise, text, text_mask, dtype):
         """Conditioning vector (noise level + pooled text), projected text tokens and the boolean text mask."""
@@ -325,7 +327,12 @@ class DiT(nn.Module):
             if self.cfg.rope else None
         )
         for blk in self.blocks:
-            h = blk(h, c, t, key_mask, rope)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                h = checkpoint(blk, h, c, t, key_mask, rope, use_reentrant=False)
+            else:
+                h = blk(h, c, t, key_mask, rope)
         sh, sc = self.ada_out(F.silu(c))[:, None].chunk(2, dim=-1)
         h = self.norm_out(h) * (1 + sc) + sh
         out = self.patch_out(h).view(B, n, C, p).permute(0, 2, 1, 3).reshape(B, C, Fr)
