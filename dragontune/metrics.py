@@ -458,9 +458,15 @@ def _sqrt_trace_downdate(theta: torch.Tensor, z: torch.Tensor, a: float) -> torc
     """
     theta = theta.clamp_min(0)
     z2 = z * z
-    scale = math.sqrt(max(float(theta.max()), a * float(z2.sum(1).max()), 1e-300))
+    # tr sqrt is homogeneous of degree 1/2: work on P / c and z / sqrt(c) with c the largest scale, so that a
+    # set of identical (or silent) clips, whose scatter is zero or at rounding level, neither underflows the
+    # quadrature grid (s^2 below 1e-308 made 0 * inf = NaN credits) nor divides by zero.
+    c = max(float(theta.max()), a * float(z2.sum(1).max()))
+    if not c > 0:
+        return torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)  # nothing to remove: tr sqrt unchanged
+    theta, z2 = theta / c, z2 / c
     step = 0.25
-    s = _log_grid(scale * 1e-12, scale * 1e9, step, theta)
+    s = _log_grid(1e-12, 1e9, step, theta)
     s2 = s * s
     w1 = 1.0 / (theta[:, None] + s2[None, :])  # [m, Q]
     g1 = z2 @ w1
@@ -471,7 +477,7 @@ def _sqrt_trace_downdate(theta: torch.Tensor, z: torch.Tensor, a: float) -> torc
     integral = _trapezoid_log(h, s, step)
     # tail beyond s_max: h ~ a |z|^2 / s^2
     integral = integral + a * z2.sum(1) / s[-1]
-    return -(2.0 / math.pi) * integral
+    return -(2.0 / math.pi) * math.sqrt(c) * integral
 
 
 def _xlogx_trace_downdate(theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

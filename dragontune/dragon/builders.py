@@ -19,7 +19,8 @@ Builders (config ``dragon.builder``) and losses (``dragon.loss``)::
     dist_to_dist                 split      dpo | kto  K >= 2 for dpo
 
 Scores are float64, higher is better; NaN marks an unscorable sample, which is dropped and counted;
-±inf is an error (a reward must report NaN instead). All tie-breaking is by lowest sample index, so
+±inf is an error (a reward must report NaN instead). A credit builder (pool, loo) warns naming the samples
+whose credit is NaN and refuses a round whose credits are all NaN (RewardError), so nothing trains on them. All tie-breaking is by lowest sample index, so
 a builder is a deterministic function of its inputs (and of the generator for ``split``).
 """
 
@@ -32,6 +33,7 @@ from typing import Callable, Mapping
 import torch
 
 from dragontune.errors import ConfigError, RewardError
+from dragontune.utils import log
 
 __all__ = [
     "Demonstrations",
@@ -131,6 +133,40 @@ def _pairs_tensor(pairs: list[tuple[int, int]]) -> torch.Tensor:
     return torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
 
 
+#: two set scores closer than this relative to their size are a tie (rounding, e.g. a set of identical clips)
+SET_SCORE_RTOL = 1e-10
+
+
+def _same_score(a: float, b: float) -> bool:
+    return abs(a - b) <= SET_SCORE_RTOL * max(abs(a), abs(b))
+
+
+def _gap_floor(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """Smallest difference of two scores that counts as a preference: rounding (relative ``SET_SCORE_RTOL``)
+    is none. Identical clips get credits that differ by ~1e-15 of their size; that must not make a pair."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return SET_SCORE_RTOL * torch.maximum(a.abs(), b.abs())
+
+
+def _check_credit(credit: torch.Tensor, builder: str) -> None:
+    """A credit builder never trains on a non-finite credit: ±inf is an error (in ``_check_scores``), NaN
+    credits are dropped with a warning naming them, and all-NaN credits are refused with the reason."""
+    if not isinstance(credit, torch.Tensor) or credit.dim() != 1:
+        return  # _check_scores reports the shape
+    nan = torch.isnan(credit.detach().cpu())
+    if not nan.any():
+        return
+    bad = torch.nonzero(nan).flatten().tolist()
+    if bool(nan.all()):
+        raise RewardError(
+            f"builder {builder!r}: the credit of every one of the {len(bad)} samples is NaN, so there is nothing to "
+            "train on; the set reward could not score these sets (check the reward's warnings: silent or "
+            "unscorable clips, too few clips for its statistics)"
+        )
+    log.warning("builder %r: %d of %d credits are NaN (samples %s%s); those samples are dropped", builder,
+                len(bad), credit.shape[0], bad[:8], " ..." if len(bad) > 8 else "")
+
+
 def _mean(x: torch.Tensor) -> float:
     return float(x.mean()) if x.numel() else float("nan")
 
@@ -145,7 +181,8 @@ def paired(
     """DPO pairs within each prompt.
 
     Default: one pair per prompt, best vs worst (lowest index among equal scores), made only if
-    ``best - worst > margin`` (so a prompt whose samples all score the same gives no pair).
+    ``best - worst > margin`` (so a prompt whose samples all score the same gives no pair; scores closer
+    than a relative ``SET_SCORE_RTOL`` count as the same, so rounding never makes a pair).
     ``all_pairs``: every pair (i, j) of a prompt with ``|s_i - s_j| > margin``, winner the higher score;
     order: prompts ascending, then (i, j) with i < j lexicographically. NaN samples are dropped.
     """
@@ -161,13 +198,13 @@ def paired(
         if all_pairs:
             for a, b in itertools.combinations(range(idx.numel()), 2):
                 da = float(sc[a] - sc[b])
-                if abs(da) > margin:
+                if abs(da) > max(margin, float(_gap_floor(sc[a], sc[b]))):
                     i, j = int(idx[a]), int(idx[b])
                     pairs.append((i, j) if da > 0 else (j, i))
         else:
             # torch.argmax/argmin return the first occurrence: lowest index among ties
             b, w = int(torch.argmax(sc)), int(torch.argmin(sc))
-            if float(sc[b] - sc[w]) > margin:
+            if float(sc[b] - sc[w]) > max(margin, float(_gap_floor(sc[b], sc[w]))):
                 pairs.append((int(idx[b]), int(idx[w])))
     p = _pairs_tensor(pairs)
     info = {
@@ -199,7 +236,7 @@ def unpaired(
 
     ``prompt_median``: +1 above the median of the sample's prompt, −1 below; ``batch_median``: the
     same against the median of all kept samples. The median of an even count is the mean of the two
-    middle values; a score equal to the median is labelled 0 (unused: no evidence either way), which
+    middle values; a score equal to the median (within a relative ``SET_SCORE_RTOL``) is labelled 0 (unused: no evidence either way), which
     for an odd K leaves the middle sample of each prompt unused. ``fraction``: over the whole batch,
     the top ``floor(fraction * n_kept)`` samples +1 and as many bottom ones −1 (rank ties broken by
     lowest index), the rest 0; if the lowest +1 score equals the highest −1 score, every sample with
@@ -218,15 +255,17 @@ def unpaired(
         for idx in _group_members(g, kept):
             m = _median(s[idx])
             meds.append(m)
-            labels[idx[s[idx] > m]] = 1
-            labels[idx[s[idx] < m]] = -1
+            floor = _gap_floor(s[idx], m)
+            labels[idx[s[idx] - m > floor]] = 1
+            labels[idx[m - s[idx] > floor]] = -1
         info["threshold_mean"] = sum(meds) / len(meds) if meds else float("nan")
     elif threshold == "batch_median":
         idx = torch.nonzero(kept).flatten()
         m = _median(s[idx]) if idx.numel() else float("nan")
         if idx.numel():
-            labels[idx[s[idx] > m]] = 1
-            labels[idx[s[idx] < m]] = -1
+            floor = _gap_floor(s[idx], m)
+            labels[idx[s[idx] - m > floor]] = 1
+            labels[idx[m - s[idx] > floor]] = -1
         info["threshold_mean"] = m
     else:
         idx = torch.nonzero(kept).flatten()
@@ -319,7 +358,9 @@ def greedy(
     ``size * n_kept`` calls of ``set_score``, which must accept any non-empty subset (including a
     single sample). ``loss="kto"``: D+ labelled +1, D− −1. ``loss="dpo"``: within each prompt, the
     D+ members in selection order are paired with the D− members in index order,
-    ``min(|D+ ∩ g|, |D− ∩ g|)`` pairs per prompt.
+    ``min(|D+ ∩ g|, |D− ∩ g|)`` pairs per prompt. If no step told its candidates apart (all scored the same
+    within a relative ``SET_SCORE_RTOL``: a set of identical clips) there is no preference and no
+    demonstrations (``tie``).
     """
     _check_loss(loss)
     g = _check_groups(groups)
@@ -340,8 +381,9 @@ def greedy(
     remaining = list(cand)
     best_score = float("nan")
     calls = 0
+    discriminated = False
     for step in range(size):
-        best_i, best_s = -1, float("nan")
+        best_i, best_s, worst_s = -1, float("nan"), float("nan")
         for i in remaining:  # ascending index: strict '>' keeps the lowest index among ties
             v = _call_set_score(set_score, sorted(chosen + [i]))
             calls += 1
@@ -349,6 +391,9 @@ def greedy(
                 continue
             if best_i < 0 or v > best_s:
                 best_i, best_s = i, v
+            if not v >= worst_s:
+                worst_s = v
+        discriminated = discriminated or (best_i >= 0 and not _same_score(best_s, worst_s))
         if best_i < 0:
             raise RewardError(
                 f"greedy: set_score returned NaN for every candidate set of size {step + 1}; "
@@ -360,6 +405,11 @@ def greedy(
     neg_score = _call_set_score(set_score, remaining)
     calls += 1
     info.update(set_score_pos=best_score, set_score_neg=neg_score, n_set_score_calls=calls)
+    if not discriminated:
+        # every candidate of every step scored the same (e.g. every clip identical): D+ would be the lowest
+        # indices, a choice made by the tie rule (or by rounding), not by the reward
+        info.update(tie=True)
+        return _set_demonstrations([], [], n, keep, loss, info)
 
     rank = {i: r for r, i in enumerate(chosen)}
     pos_ordered, neg_ordered = [], []
@@ -382,8 +432,8 @@ def split(
 
     Each prompt's kept samples are permuted with ``generator`` (CPU); the first ``floor(k/2)`` go to
     D1, the next ``floor(k/2)`` to D2, and for an odd k the last one to whichever half is smaller so far
-    (D1 on a tie). So every prompt with k >= 2 has members in both halves. Equal set scores give no
-    demonstrations (no preference); a NaN set score raises RewardError. ``loss="kto"``: D+ +1, D− −1;
+    (D1 on a tie). So every prompt with k >= 2 has members in both halves. Equal set scores (within a relative
+    ``SET_SCORE_RTOL``) give no demonstrations (no preference); a NaN set score raises RewardError. ``loss="kto"``: D+ +1, D− −1;
     ``loss="dpo"``: within each prompt the members are paired in permutation order.
     """
     _check_loss(loss)
@@ -417,7 +467,7 @@ def split(
     s2 = _call_set_score(set_score, torch.cat(d2))
     if s1 != s1 or s2 != s2:
         raise RewardError(f"split: set_score returned NaN (D1: {s1}, D2: {s2}); the set reward cannot score a half")
-    if s1 == s2:
+    if _same_score(s1, s2):
         info.update(set_score_pos=s1, set_score_neg=s2, tie=True)
         return _set_demonstrations([], [], n, keep, loss, info)
     pos, neg, sp, sn = (d1, d2, s1, s2) if s1 > s2 else (d2, d1, s2, s1)
@@ -542,6 +592,8 @@ def build_demonstrations(
             raise ValueError("builder 'pool' needs the pool credits (credit=...)")
         if s is None:
             raise ValueError(f"builder {builder!r} needs per-sample {'credit' if builder in CREDIT_BUILDERS else 'scores'}")
+        if builder in CREDIT_BUILDERS:
+            _check_credit(s, builder)
         d = paired(s, g, **options) if loss == "dpo" else unpaired(s, g, **options)
     else:
         if set_score is None:
