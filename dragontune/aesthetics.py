@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from dragontune.errors import AudioError, CheckpointError, ConfigError, DataError, EncoderError
-from dragontune.utils import load_safetensors, log, save_safetensors_atomic
+from dragontune.utils import dumps_strict, load_safetensors, log, save_safetensors_atomic
 
 __all__ = [
     "SEVERITY_WEIGHTS",
@@ -321,7 +321,7 @@ class AestheticsPredictor:
             "head": self.head,
             "hyper": json.dumps(self.hyper, sort_keys=True),
         }
-        meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in self.meta.items()})
+        meta.update({k: v if isinstance(v, str) else dumps_strict(v, sort_keys=True) for k, v in self.meta.items()})
         tensors = {"feat_mean": self.feat_mean, "feat_std": self.feat_std}
         # training embeddings are stored in float32 (kernels are evaluated in float64 after loading)
         tensors.update({f"head.{k}": v.to(torch.float32) if k == "train_z" else v for k, v in self.params.items()})
@@ -336,6 +336,9 @@ def load_aesthetics(path: str | os.PathLike | None = None) -> AestheticsPredicto
     tensors, meta = load_safetensors(p)
     if meta.get("format") != _FORMAT:
         raise CheckpointError(f"{str(p)!r} is not an aesthetics predictor (format {meta.get('format')!r})")
+    from dragontune.rundir import check_finite
+
+    check_finite(tensors, str(p))  # a diverged training: refuse here, not as NaN scores later
     try:
         spec = _EncoderSpec(**json.loads(meta["encoder"]))
         hyper = json.loads(meta["hyper"])

@@ -116,7 +116,7 @@ def cmd_sample(args) -> int:
     from dragontune.audio import save_wav
     from dragontune.generate import SamplerConfig, generate_latents
     from dragontune.models.loading import load_diffusion_model
-    from dragontune.utils import atomic_write_text, ensure_writable_dir, resolve_device
+    from dragontune.utils import atomic_write_text, dumps_strict, ensure_writable_dir, resolve_device
 
     from dragontune.checks import at_least, check_device, check_sampler, positive
 
@@ -156,7 +156,7 @@ def cmd_sample(args) -> int:
         rows.append({"file": name, "prompt": p, "seed": s, "checkpoint": str(args.checkpoint or "baseline"), "adapter": args.adapter,
                      "sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfgpp": args.cfgpp,
                      "bpm": args.bpm})
-    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(out / "samples.jsonl", "".join(dumps_strict(r) + "\n" for r in rows))
     if n_clip:
         print(f"warning: {n_clip} of {audio.numel()} samples ({100.0 * n_clip / audio.numel():.2f} %) were beyond full "
               f"scale (peak {float(audio.abs().max()):.2f}) and were clipped when saving", file=sys.stderr)
@@ -248,25 +248,27 @@ def cmd_encoders(args) -> int:
 
 def cmd_train_clap(args) -> int:
     from dragontune.encoders.clap_mini import train_clap
+    from dragontune.utils import dumps_strict
 
     res = train_clap(args.corpus, args.out, steps=args.steps, batch=args.batch, seed=args.seed)
-    print(json.dumps(res, indent=1, default=str))
+    print(dumps_strict(res, indent=1, default=str))
     return 0
 
 
 def cmd_train_aesthetics(args) -> int:
     from dragontune.aesthetics import train_aesthetics
+    from dragontune.utils import dumps_strict
 
     kw = {"encoders": args.encoders.split(",")} if args.encoders else {}
     res = train_aesthetics(args.corpus, args.out, ratings_csv=args.ratings, seed=args.seed,
                            report_path=args.report, **kw)
-    print(json.dumps(res, indent=1, default=str))
+    print(dumps_strict(res, indent=1, default=str))
     return 0
 
 
 def cmd_eval(args) -> int:
     from dragontune.checks import at_least, check_device, check_sampler
-    from dragontune.evaluate import evaluate_models, format_eval_table, load_prompts
+    from dragontune.evaluate import evaluate_models, format_eval_table, load_prompts, unscored_reason
     from dragontune.generate import SamplerConfig
     from dragontune.utils import ensure_writable_dir
 
@@ -286,6 +288,10 @@ def cmd_eval(args) -> int:
                           generation_cache=args.generation_cache, n_audio=args.n_audio)
     print(format_eval_table(res))
     print(f"wrote {args.out}/eval.json and eval.md")
+    why = unscored_reason(res)
+    if why is not None:
+        raise DragontuneError(f"evaluation produced no result: no suite reward gave a finite win rate ({why}); "
+                              f"{args.out}/eval.json holds null for each")
     return 0
 
 

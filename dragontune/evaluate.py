@@ -554,6 +554,21 @@ def evaluate_models(
     return result
 
 
+def unscored_reason(result: dict) -> str | None:
+    """Why no suite reward gave a finite result (None if at least one did): one clause per reward."""
+    if result.get("mean_win_rate") is not None:
+        return None
+    parts = []
+    for r in result.get("rewards", []):
+        if "error" in r:
+            parts.append(f"{r['name']}: {r['error']}")
+        else:
+            n = r.get("nan_dropped")
+            parts.append(f"{r['name']}: every score is NaN" + (f" ({n} prompts dropped)" if n else ""))
+    parts += [f"{s['name']}: skipped ({s['reason']})" for s in result.get("skipped", [])]
+    return "; ".join(parts) or "the suite is empty"
+
+
 def _jf(v: float) -> float | None:
     return float(v) if math.isfinite(float(v)) else None
 

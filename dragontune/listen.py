@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 from dragontune.errors import ConfigError, DataError
 from dragontune.preference_stats import TIE_RULES, preference_stats
-from dragontune.utils import atomic_write_text, log
+from dragontune.utils import atomic_write_text, dumps_strict, log
 
 DB_NAME = "listen.sqlite"
 DEFAULT_PORT = 8765
@@ -590,7 +590,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+        self._send(status, dumps_strict(obj).encode("utf-8"), "application/json")  # NaN -> null: JSON.parse rejects NaN
 
     def _fail(self, e: ClientError) -> None:
         self._json(e.status, {"error": str(e)})

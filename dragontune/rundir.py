@@ -30,8 +30,8 @@ import torch
 import yaml
 
 from dragontune.errors import CheckpointError, DragontuneError
-from dragontune.utils import (atomic_write_json, atomic_write_text, ensure_writable_dir, load_safetensors, log,
-                              strict_json)
+from dragontune.utils import (atomic_write_json, atomic_write_text, dumps_strict, ensure_writable_dir,
+                              load_safetensors, log, strict_json)
 
 # Keys whose change on --resume cannot alter what was already computed (dotted, as in config.yaml).
 SAFE_TO_CHANGE = ("rounds", "steps", "threads", "ckpt_every", "eval_every", "log_every", "val_every",
@@ -67,10 +67,6 @@ def disk_full_guard(what: str, resumable: str = ""):
             raise
         raise DiskFullError(f"disk full while writing {what}; {resumable or 'nothing was lost'} — free some space "
                             "and run the same command again with --resume") from None
-
-
-def dumps_strict(obj: Any, **kw) -> str:
-    return json.dumps(strict_json(obj), allow_nan=False, default=float, **kw)
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:

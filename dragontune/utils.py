@@ -101,6 +101,12 @@ def strict_json(obj: Any) -> Any:
     return obj
 
 
+def dumps_strict(obj: Any, **kw) -> str:
+    """``json.dumps`` that writes NaN/Inf as null (strict JSON readers reject the tokens NaN and Infinity)."""
+    kw.setdefault("default", float)
+    return json.dumps(strict_json(obj), allow_nan=False, **kw)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Strict JSON (NaN and Inf written as null), atomically."""
     atomic_write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")

@@ -32,7 +32,7 @@ from dragontune.audio import resample, validate_audio
 from dragontune.codecs import LogMelCodec
 from dragontune.encoders.base import Encoder
 from dragontune.errors import CheckpointError, ConfigError, DataError, EncoderError
-from dragontune.utils import load_safetensors, log, save_safetensors_atomic, sha256_file
+from dragontune.utils import dumps_strict, load_safetensors, log, save_safetensors_atomic, sha256_file
 
 __all__ = [
     "ClapMiniConfig",
@@ -198,6 +198,9 @@ def load_clap_mini(path: str | os.PathLike | None = None) -> tuple[ClapMiniModel
     meta = dict(meta or {})
     if meta.get("format") != "dragontune-clap-mini-v1":
         raise CheckpointError(f"{str(p)!r} is not a clap-mini checkpoint (format {meta.get('format')!r})")
+    from dragontune.rundir import check_finite
+
+    check_finite(tensors, str(p))
     cfg = _config_from_meta(meta, p)
     model = ClapMiniModel(cfg)
     own = model.state_dict()
@@ -502,7 +505,7 @@ def train_clap(
         "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
         "training": json.dumps(options, sort_keys=True),
         "command": TRAIN_COMMAND + f" --steps {steps} --batch {batch} --seed {seed}",
-        "metrics": json.dumps(metrics, sort_keys=True),
+        "metrics": dumps_strict(metrics, sort_keys=True),
         "text_encoder": text.id,
     }
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

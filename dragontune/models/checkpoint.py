@@ -19,7 +19,7 @@ from dragontune.errors import CheckpointError
 from dragontune.models.dit import DiT, DiTConfig, beat_period_frames
 from dragontune.models.edm import EDMDenoiser, denoising_loss, sample_sigma
 from dragontune.models.interface import DiffusionModel
-from dragontune.utils import load_safetensors, save_safetensors_atomic
+from dragontune.utils import dumps_strict, load_safetensors, save_safetensors_atomic
 
 FORMAT = "dragontune-t2a-1"
 PACKAGE_BASELINE = Path(__file__).resolve().parent.parent / "assets" / "baseline.safetensors"
@@ -42,7 +42,7 @@ class ModelSpec:
             "text_encoder": self.text_encoder,
             "text_encoder_id": self.text_encoder_id,
             "latent_frames": str(self.latent_frames),
-            "extra": json.dumps(self.extra, sort_keys=True, default=str),
+            "extra": dumps_strict(self.extra, sort_keys=True, default=str),
         }
 
     @classmethod
