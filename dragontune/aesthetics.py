@@ -56,6 +56,11 @@ ENCODER_CHOICES: dict[str, tuple[str, dict]] = {
     "clap-mini": ("clap-mini", {}),
     "codec": ("codec", {}),
 }
+#: degenerate clips added to the synthetic training data, rated at the bottom of the scale: what a generator can
+#: make that is not music at all. Without them, kernel ridge rates an embedding far from every corpus clip near
+#: its training mean (it reverts to the mean away from the data): pure silence scored 4.07.
+DEGENERATE_KINDS = ("silence", "white_noise", "hard_clipping")
+DEGENERATE_RATING = 1.0
 TRAIN_COMMAND = "dragontune train-aesthetics --corpus data/corpus --out dragontune/assets/aesthetics.safetensors"
 _FORMAT = "dragontune-aesthetics-v1"
 
@@ -85,6 +90,25 @@ def synthetic_rating(quality: str, strength: float, rng: np.random.Generator | N
     if rng is not None and noise_std > 0:
         r += float(rng.normal(0.0, noise_std))
     return float(min(5.0, max(1.0, r)))
+
+
+def degenerate_version(audio: torch.Tensor, kind: str, rng: np.random.Generator) -> torch.Tensor:
+    """A degenerate version (float32, same shape) of ``audio[C, T]``.
+
+    ``silence``: zeros (half the draws) or the clip 60-100 dB down; ``white_noise``: Gaussian noise at an RMS of
+    -40 to -3 dBFS, limited to +-1; ``hard_clipping``: the clip 30-45 dB up, clipped at +-1 (the corpus' own
+    clipping defect stops at +24 dB). Levels are drawn from ``rng``.
+    """
+    x = audio.to(torch.float32)
+    if kind == "silence":
+        return torch.zeros_like(x) if rng.random() < 0.5 else x * float(10 ** (-rng.uniform(60, 100) / 20))
+    if kind == "white_noise":
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        rms = float(10 ** (rng.uniform(-40, -3) / 20))
+        return (rms * torch.randn(x.shape, generator=g)).clamp(-1.0, 1.0)
+    if kind == "hard_clipping":
+        return (x * float(10 ** (rng.uniform(30, 45) / 20))).clamp(-1.0, 1.0)
+    raise ConfigError(f"unknown degenerate kind {kind!r}; choose one of {list(DEGENERATE_KINDS)}")
 
 
 def read_ratings_csv(path: str | os.PathLike) -> list[dict]:
@@ -516,6 +540,7 @@ def train_aesthetics(
     select: str = "auto",
     report_path: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    degenerate_every: int = 4,
 ) -> dict:
     """Train aesthetics heads on every (encoder, head) pair, report PLCC/SRCC, save the best; return the report.
 
@@ -529,7 +554,11 @@ def train_aesthetics(
     of validation PLCC and per-prompt SRCC) or ``"<encoder>/<head>"``. ``out_path``: where the chosen
     predictor is written (default: the packaged asset); ``report_path``: optional JSON report.
     ``cache_dir``: optional folder for clip embeddings keyed by (encoder id, audio hash), so reruns with other
-    heads or selections skip the embedding pass.
+    heads or selections skip the embedding pass. ``degenerate_every``: every n-th corpus clip also gives one
+    degenerate version (:func:`degenerate_version`, kinds in turn) rated ``clip(DEGENERATE_RATING + N(0,
+    noise_std), 1, 5)``, in the same split as its clip (0: none; synthetic corpus only). PLCC/SRCC are reported
+    on the corpus clips alone (comparable with a predictor trained without them); ``degenerate`` reports the
+    validation split's degenerate versions per kind.
     """
     t0 = time.perf_counter()
     for e in encoders:
@@ -540,6 +569,8 @@ def train_aesthetics(
             raise ConfigError(f"unknown aesthetics head {h!r}; choose from {list(HEADS)}")
     if not 0.0 < val_fraction < 0.5:
         raise ConfigError(f"val_fraction={val_fraction} must be in (0, 0.5)")
+    if isinstance(degenerate_every, bool) or not isinstance(degenerate_every, int) or degenerate_every < 0:
+        raise ConfigError(f"degenerate_every={degenerate_every!r} must be a whole number >= 0 (0: no degenerate clips)")
     out = Path(out_path) if out_path is not None else default_aesthetics_path()
     from dragontune.audio import fit_length, load_audio
 
@@ -576,6 +607,24 @@ def train_aesthetics(
                   "severity_weights": SEVERITY_WEIGHTS, "noise_std": noise_std}
         held = _group_split(groups, val_fraction, f"aesthetics-{seed}")
         deg_rows = [r for r, h in zip(ds.rows, held) if h][: int(eval_clips)]
+    n_corpus = len(groups)
+    bad_kind: list[str] = []
+    bad_audio = None
+    if ratings_csv is None and degenerate_every:
+        picks = list(range(0, n_corpus, degenerate_every))
+        extra, ys = [], []
+        for j, i in enumerate(picks):
+            rng = np.random.default_rng([int(seed), int(ds.rows[i].get("index", i)), 7])
+            kind = DEGENERATE_KINDS[j % len(DEGENERATE_KINDS)]
+            extra.append(degenerate_version(audio[i], kind, rng))
+            ys.append(min(5.0, max(1.0, DEGENERATE_RATING + float(rng.normal(0.0, noise_std)))))
+            bad_kind.append(kind)
+        bad_audio = torch.stack(extra)
+        y_all = np.concatenate([y_all, np.array(ys)])
+        groups = groups + [groups[i] for i in picks]
+        source.update(degenerate_every=degenerate_every, degenerate_kinds=list(DEGENERATE_KINDS),
+                      degenerate_rating=DEGENERATE_RATING)
+    is_bad = np.arange(len(groups)) >= n_corpus
     held = _group_split(groups, val_fraction, f"aesthetics-{seed}")
     tr_idx, va_idx = np.flatnonzero(~held), np.flatnonzero(held)
     inner = _group_split([groups[i] for i in tr_idx], 0.15, f"aesthetics-inner-{seed}")
@@ -586,13 +635,18 @@ def train_aesthetics(
             f"{len(sel_idx)} selection and {len(va_idx)} validation clips; each needs at least 2: add clips or "
             f"prompts, or change val_fraction={val_fraction} / seed={seed}"
         )
-    log.info("aesthetics: %d clips: %d train (%d fit + %d select), %d validation", len(groups), len(tr_idx), len(fit_idx), len(sel_idx), len(va_idx))
+    log.info("aesthetics: %d clips (%d degenerate): %d train (%d fit + %d select), %d validation", len(groups),
+             int(is_bad.sum()), len(tr_idx), len(fit_idx), len(sel_idx), len(va_idx))
+    va_clean, va_bad = va_idx[~is_bad[va_idx]], va_idx[is_bad[va_idx]]
+    tr_corpus = tr_idx[~is_bad[tr_idx]]
     deg_audio, deg_info = (degradation_set(deg_rows, sample_rate=sr_load) if deg_rows else (None, []))
     y_t = torch.from_numpy(y_all).to(torch.float64)
 
     results: dict[str, dict] = {}
     fitted: dict[str, AestheticsPredictor] = {}
     sets = {"clips": audio} if deg_audio is None else {"clips": audio, "degradations": deg_audio}
+    if bad_audio is not None:
+        sets["degenerate"] = bad_audio
     embs, encs, errors = _embed_all(encoders, sets, sr_load, Path(cache_dir) if cache_dir is not None else None)
     for label, err in errors.items():
         log.warning("aesthetics: skipping encoder %s (%s)", label, err)
@@ -602,9 +656,12 @@ def train_aesthetics(
             continue
         spec, enc = encs[label]
         emb = embs[label]["clips"]
+        if "degenerate" in embs[label]:
+            emb = torch.cat([emb, embs[label]["degenerate"]])
         emb_deg = embs[label].get("degradations")
-        mean = emb[tr_idx].mean(0)
-        std = emb[tr_idx].std(0).clamp(min=1e-6 * float(emb[tr_idx].std(0).max()) + 1e-12)
+        # standardised by the corpus clips only: silence's embedding must not stretch the scale of real music
+        mean = emb[tr_corpus].mean(0)
+        std = emb[tr_corpus].std(0).clamp(min=1e-6 * float(emb[tr_corpus].std(0).max()) + 1e-12)
         for head in heads:
             pred_sel = AestheticsPredictor(spec, head, mean, std, {}, {})
             z_all = pred_sel.standardise(emb)
@@ -612,8 +669,11 @@ def train_aesthetics(
             params, hyper = _refit(head, params, hyper, z_all[tr_idx], y_t[tr_idx], seed)
             p = AestheticsPredictor(spec, head, mean, std, params, hyper, encoder_id=enc.id)
             p._encoder = enc
-            pv = p.predict_embeddings(emb[va_idx]).numpy()
-            r = {"plcc": plcc(pv, y_all[va_idx]), "srcc": srcc(pv, y_all[va_idx]), "hyper": hyper}
+            pv = p.predict_embeddings(emb[va_clean]).numpy()
+            r = {"plcc": plcc(pv, y_all[va_clean]), "srcc": srcc(pv, y_all[va_clean]), "hyper": hyper}
+            if va_bad.size:
+                r["degenerate"] = _degenerate_report(p.predict_embeddings(emb[va_bad]).numpy(),
+                                                     [bad_kind[i - n_corpus] for i in va_bad], pv)
             if emb_deg is not None:
                 pdg = p.predict_embeddings(emb_deg).numpy()
                 tgt = np.array([d["rating"] for d in deg_info])
@@ -621,7 +681,7 @@ def train_aesthetics(
                 r["per_prompt_srcc"] = per_prompt_srcc(pdg, tgt, grp)
                 r["clean_above_degraded"] = _clean_wins(pdg, deg_info)
             else:
-                r["per_prompt_srcc"] = per_prompt_srcc(pv, y_all[va_idx], [groups[i] for i in va_idx])
+                r["per_prompt_srcc"] = per_prompt_srcc(pv, y_all[va_clean], [groups[i] for i in va_clean])
             key = f"{label}/{head}"
             results[key] = r
             fitted[key] = p
@@ -645,7 +705,8 @@ def train_aesthetics(
         "results": results,
         "n_clips": len(groups),
         "n_train": int(len(tr_idx)),
-        "n_validation": int(len(va_idx)),
+        "n_validation": int(len(va_clean)),
+        "n_degenerate": {"train": int(is_bad[tr_idx].sum()), "validation": int(va_bad.size)},
         "n_degradation_versions": len(deg_info),
         "seed": int(seed),
         "source": source,
@@ -678,6 +739,19 @@ def _refit(head: str, params: dict, hyper: dict, z: torch.Tensor, y: torch.Tenso
         return {"train_z": z, "alpha": a}, dict(hyper, y_mean=m)
     m, _ = _train_mlp(z, y, int(hyper["epochs"]), seed)
     return {f"mlp.{k}": v.detach().clone() for k, v in m.state_dict().items()}, hyper
+
+
+def _degenerate_report(pred: np.ndarray, kinds: Sequence[str], corpus_pred: np.ndarray) -> dict:
+    """Per degenerate kind: mean and max predicted rating, and the share below the lowest-rated validation
+    corpus clip (clean or degraded: a degenerate clip should rate below every real one)."""
+    floor = float(corpus_pred.min())
+    out: dict = {"corpus_min": floor, "corpus_mean": float(corpus_pred.mean())}
+    for k in DEGENERATE_KINDS:
+        v = pred[np.asarray(kinds) == k]
+        if v.size:
+            out[k] = {"n": int(v.size), "mean": float(v.mean()), "max": float(v.max()),
+                      "below_corpus_min": float((v < floor).mean())}
+    return out
 
 
 def _clean_wins(pred: np.ndarray, info: list[dict]) -> dict:

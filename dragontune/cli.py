@@ -152,10 +152,12 @@ def cmd_sample(args) -> int:
     n_clip = 0
     for j, (p, s) in enumerate(zip(P, S)):
         name = f"{j:04d}_seed{s}.wav"
-        n_clip += save_wav(out / name, audio[j], model.sample_rate, warn=False)
-        rows.append({"file": name, "prompt": p, "seed": s, "checkpoint": str(args.checkpoint or "baseline"), "adapter": args.adapter,
+        c = save_wav(out / name, audio[j], model.sample_rate, warn=False)  # one summary line below
+        n_clip += c
+        rows.append({"file": name, "prompt": p, "seed": s, "checkpoint": str(args.checkpoint or "baseline"),
+                     "adapter": args.adapter,
                      "sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfgpp": args.cfgpp,
-                     "bpm": args.bpm})
+                     "bpm": args.bpm, "clipped_samples": c})
     atomic_write_text(out / "samples.jsonl", "".join(dumps_strict(r) + "\n" for r in rows))
     if n_clip:
         print(f"warning: {n_clip} of {audio.numel()} samples ({100.0 * n_clip / audio.numel():.2f} %) were beyond full "

@@ -591,11 +591,19 @@ def _save_audio(out: Path, prompts, seeds, batch_a, batch_b, sr, n_audio) -> dic
     picked = _pick_audio(len(prompts), int(n_audio))
     audio_a = batch_a.audio if picked else None
     audio_b = batch_b.audio if picked else None
+    n_clipped = n_total = 0
     for k, i in enumerate(picked):
         fa, fb = f"audio/{k:03d}-baseline.wav", f"audio/{k:03d}-model.wav"
-        save_wav(out / fa, audio_a[i], sr)
-        save_wav(out / fb, audio_b[i], sr)
-        pairs.append({"index": i, "prompt": prompts[i], "seed": seeds[i], "baseline": fa, "model": fb})
+        ca = save_wav(out / fa, audio_a[i], sr)  # each warns with its own count
+        cb = save_wav(out / fb, audio_b[i], sr)
+        # kept beside the files: the report and the listening test say how much a clip was clipped when saved
+        pairs.append({"index": i, "prompt": prompts[i], "seed": seeds[i], "baseline": fa, "model": fb,
+                      "clipped_baseline": ca, "clipped_model": cb})
+        n_clipped += ca + cb
+        n_total += audio_a[i].numel() + audio_b[i].numel()
+    if n_clipped:
+        log.warning("evaluation audio: %d of %d saved samples (%.2f %%) were beyond full scale and clipped (counts per "
+                    "clip in %s)", n_clipped, n_total, 100.0 * n_clipped / n_total, d / "index.json")
     index = {"sample_rate": sr, "pairs": pairs}
     if pairs:
         atomic_write_json(d / "index.json", index)

@@ -148,6 +148,15 @@ def load_eval_clips(path: str | os.PathLike) -> EvalClips:
     ids = [p.id for p in pairs]
     if len(set(ids)) != len(ids):
         raise DataError(f"{index}: pair indices repeat ({ids}); re-run the evaluation")
+    def n_clip(r: dict, key: str) -> int:
+        v = r.get(f"clipped_{key}")
+        return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+    clipped = [f"{r.get('index', k)} ({n_clip(r, 'baseline')} baseline / {n_clip(r, 'model')} model samples)"
+               for k, r in enumerate(raw) if n_clip(r, "baseline") + n_clip(r, "model") > 0]
+    if clipped:  # listeners hear the clipped files: say so before they judge them
+        log.warning("listen: %d of %d pairs were clipped when the evaluation saved them: pair %s", len(clipped),
+                    len(raw), ", ".join(clipped[:10]) + (" ..." if len(clipped) > 10 else ""))
     return EvalClips(folder, str(ev.get("model", "(unknown model)")), str(ev.get("baseline", "(unknown baseline)")),
                      tuple(pairs), digest.hexdigest())
 

@@ -563,6 +563,10 @@ def _section_audio(eval_file: Path | None, ev: dict | None, max_pairs: int) -> s
         for key, label in (("baseline", "baseline"), ("model", "fine-tuned")):
             path = base / str(p.get(key, ""))
             tag, problem = _audio_tag(path)
+            n_clip = p.get(f"clipped_{key}")
+            if tag and isinstance(n_clip, int) and n_clip > 0:
+                tag += f'<br><span class="small">{n_clip} samples were beyond full scale and clipped when saved</span>'
+
             if tag:
                 try:
                     x, sr = sf.read(str(path), dtype="float32")

@@ -75,3 +75,65 @@ def test_saving_says_how_much_it_clipped(tmp_path):
         assert save_wav(tmp_path / "y.wav", 0.5 * a, 16000) == 0 and not h.lines
     finally:
         logging.getLogger("dragontune").removeHandler(h)
+
+
+@pytest.fixture(scope="module")
+def loud(tmp_path_factory):
+    """A tiny real model whose codec decodes e^4 (about 55x) louder than it was fitted: its clips clip when saved."""
+    import dataclasses
+
+    from dragontune.models.checkpoint import build_net, read_model_file, save_model
+    from tiny import tiny_baseline, tiny_corpus, write_prompts
+
+    root = tmp_path_factory.mktemp("loud")
+    base = tiny_baseline(root / "base.safetensors", tiny_corpus(root / "corpus"))
+    state, spec = read_model_file(base)
+    spec = dataclasses.replace(spec, codec=dict(spec.codec, shift=float(spec.codec["shift"]) + 4.0))
+    save_model(root / "loud.safetensors", build_net(spec, state, str(base)), spec)
+    return {"root": root, "model": root / "loud.safetensors", "corpus": root / "corpus",
+            "prompts": write_prompts(root / "prompts.txt", ["a calm piano", "fast drums"])}
+
+
+def test_sample_says_how_much_it_clipped_and_records_it_per_clip(loud, tmp_path, capsys):
+    import json
+
+    from dragontune.cli import main
+
+    out = tmp_path / "s"
+    assert main(["sample", "--checkpoint", str(loud["model"]), "--prompts", str(loud["prompts"]), "--steps", "2",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "were beyond full scale" in err and "clipped when saving" in err, err
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert all(r["clipped_samples"] > 0 for r in rows), rows
+    import re
+
+    assert sum(r["clipped_samples"] for r in rows) == int(re.search(r"warning: (\d+) of \d+ samples", err).group(1))
+
+
+def test_eval_audio_report_and_listening_test_say_how_much_was_clipped(loud, tmp_path, capsys):
+    import json
+
+    from dragontune import listen
+    from dragontune.cli import main
+    from dragontune.report import write_report
+
+    run = tmp_path / "run"
+    h = Notes()
+    logging.getLogger("dragontune").addHandler(h)
+    try:
+        assert main(["eval", "--baseline", str(loud["model"]), "--model", str(loud["model"]), "--prompts",
+                     str(loud["prompts"]), "--suite", "vendi/codec", "--steps", "2", "--corpus", str(loud["corpus"]),
+                     "--n-audio", "2", "--out", str(run / "eval")]) == 0
+        pairs = json.loads((run / "eval" / "audio" / "index.json").read_text())["pairs"]
+        assert len(pairs) == 2 and all(p["clipped_baseline"] > 0 and p["clipped_model"] > 0 for p in pairs), pairs
+        assert any("000-model.wav" in ln and "clipped" in ln for ln in h.lines), h.lines  # each file, with its count
+        assert any("evaluation audio:" in ln and "clipped" in ln for ln in h.lines), h.lines  # and the total
+        html = write_report(run).read_text()
+        assert html.count("samples were beyond full scale and clipped when saved") == 4
+        h.lines.clear()
+        listen.load_eval_clips(run)
+        assert any("2 of 2 pairs were clipped" in ln and f"{pairs[0]['clipped_model']} model samples" in ln
+                   for ln in h.lines), h.lines
+    finally:
+        logging.getLogger("dragontune").removeHandler(h)

@@ -605,6 +605,9 @@ def _write_wav(path: Path, x: np.ndarray, sr: int) -> None:
     a = x.astype(np.float32)
     if not np.isfinite(a).all():
         raise ValueError(f"rendered audio for {str(path)!r} is not finite (a synth bug)")
+    n_clip = int((np.abs(a) > 1.0).sum())
+    if n_clip:  # rendering normalises the peak to peak_dbfs, so this is a synth bug if it happens
+        log.warning("%s: %d of %d rendered samples are beyond full scale and were clipped", path, n_clip, a.size)
     buf = io.BytesIO()
     sf.write(buf, np.clip(a, -1.0, 1.0)[:, None], sr, subtype="PCM_16", format="WAV")
     atomic_write_bytes(path, buf.getvalue())
