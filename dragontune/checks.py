@@ -48,6 +48,43 @@ def one_of(key: str, v: Any, valid: Iterable[str]) -> None:
         raise _bad(key, v, f"must be one of {', '.join(valid)}")
 
 
+def check_reward_spec(key: str, spec: Any, corpus: str | None = None) -> None:
+    """What a reward spec names that can be checked without loading anything: a known reward name (also in
+    weighted components) and exemplar folders and files that exist. ``corpus``: the run's own corpus folder,
+    synthesised on first use, so it may be missing yet. Options are checked when the reward is built."""
+    from pathlib import Path
+
+    from dragontune.rewards.registry import known_rewards
+
+    if not isinstance(spec, dict) or not str(spec.get("name", "")).strip():
+        raise _bad(key, spec, "must be a mapping with a 'name', e.g. {name: per_song_fad, encoder: codec}")
+    names = known_rewards()
+    if spec["name"] not in names:
+        raise _bad(f"{key}.name", spec["name"], f"must be one of {', '.join(names)}")
+    if spec["name"] == "weighted":
+        comps = spec.get("components")
+        if not isinstance(comps, list) or not comps:
+            raise _bad(f"{key}.components", comps, "must be a non-empty list of reward specs with weights")
+        for i, c in enumerate(comps):
+            check_reward_spec(f"{key}.components[{i}]", c, corpus)
+        return
+    ex = spec.get("exemplars")
+    if not isinstance(ex, dict):
+        return
+    own = Path(corpus).expanduser().resolve() if corpus else None
+    for k in ("audio_dir", "corpus"):
+        if k in ex:
+            p = Path(str(ex[k])).expanduser()
+            if not p.is_dir() and not (k == "corpus" and p.resolve() == own):
+                raise _bad(f"{key}.exemplars.{k}", ex[k], "must be an existing folder",
+                           f"it does not exist (relative paths start at {Path.cwd()})")
+    files = ex.get("files")
+    if isinstance(files, list):
+        missing = [f for f in files if not Path(str(f)).expanduser().is_file()]
+        if missing:
+            raise _bad(f"{key}.exemplars.files", missing[:5], "must all be existing audio files")
+
+
 def check_device(key: str, device: str) -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``mps`` where available); CUDA must exist if named."""
     if device == "auto":
@@ -148,9 +185,11 @@ def check_finetune(cfg) -> None:
     at_least("ckpt_every", cfg.ckpt_every, 0, "0 = only the last round")
     if not isinstance(cfg.reward, dict) or not str(cfg.reward.get("name", "")).strip():
         raise _bad("reward", cfg.reward, "must be a mapping with a 'name', e.g. {name: per_song_fad, encoder: codec}")
+    check_reward_spec("reward", cfg.reward, cfg.data.corpus)
     for i, w in enumerate(cfg.watch):
         if not isinstance(w, dict) or not str(w.get("name", "")).strip():
             raise _bad(f"watch[{i}]", w, "must be a mapping with a 'name'")
+        check_reward_spec(f"watch[{i}]", w, cfg.data.corpus)
     for key in ("prompts", "eval_prompts"):
         v = getattr(cfg, key)
         if not str(v).strip() or (str(v).startswith("corpus:") and not str(v)[7:].strip()):

@@ -114,6 +114,24 @@ def test_checks_come_before_any_work(tmp_path):
     assert not corpus.exists() and not out.exists()
 
 
+@pytest.mark.parametrize("override,named,valid", [
+    ("reward.exemplars.audio_dir=missing-folder", "reward.exemplars.audio_dir='missing-folder'", "existing folder"),
+    ("reward.exemplars.corpus=other-corpus", "reward.exemplars.corpus='other-corpus'", "existing folder"),
+    ("reward.name=fda", "reward.name='fda'", "must be one of aesthetics"),
+])
+@pytest.mark.parametrize("dry", [True, False])
+def test_finetune_reward_spec_checked_before_any_work(override, named, valid, dry, tmp_path, monkeypatch, capsys):
+    """A missing exemplar folder or a misspelt reward is found before the corpus is synthesised (once 71 s of
+    work before the error) or the model loads, and under --dry-run too."""
+    monkeypatch.chdir(tmp_path)
+    args = ["finetune", "reward.name=fad", "reward.encoder=codec", "reward.exemplars.corpus=data/corpus", override,
+            f"out_dir={tmp_path / 'out'}", f"baseline={tmp_path / 'missing.safetensors'}"]
+    assert main(args + (["--dry-run"] if dry else [])) == 2
+    err = capsys.readouterr().err
+    assert named in err and valid in err and "missing.safetensors" not in err, err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("args,named", [
     (["--steps", "0"], "--steps=0"),
     (["--cfg", "-1"], "--cfg=-1.0"),
