@@ -123,3 +123,50 @@ def test_packaged_predictor_prefers_clean_for_every_defect():
         assert (m[q] > 0.5).all(), (q, m[q])
     for q in ("detune", "jitter"):
         assert m[q].mean() > 0.2, (q, m[q])
+
+
+def test_degenerate_versions_are_what_they_say():
+    from dragontune.aesthetics import DEGENERATE_KINDS, degenerate_version
+
+    x = torch.from_numpy(render_clip(clip_row(0, 7, make_config({"degraded_fraction": 0.0})), SR)).float()[None]
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        s = degenerate_version(x, "silence", rng)
+        assert s.shape == x.shape and float(s.abs().max()) <= float(x.abs().max()) * 10 ** (-60 / 20)
+        n = degenerate_version(x, "white_noise", np.random.default_rng(seed))
+        rms_db = 20 * np.log10(float(n.pow(2).mean().sqrt()))
+        assert -40.5 < rms_db < -3 and float(n.abs().max()) <= 1.0
+        c = degenerate_version(x, "hard_clipping", np.random.default_rng(seed))
+        assert float(c.abs().max()) == 1.0 and float((c.abs() == 1.0).float().mean()) > 0.2  # mostly at the rails
+    assert DEGENERATE_KINDS == ("silence", "white_noise", "hard_clipping")
+    with pytest.raises(ConfigError, match="unknown degenerate kind"):
+        degenerate_version(x, "hum", np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="degenerate_every"):
+        train_aesthetics("nowhere", degenerate_every=-1)
+
+
+def test_degenerate_training_clips_teach_silence_a_low_rating(tmp_path):
+    """Direction: with degenerate clips (rated 1) in training, silence rates far below clean clips; without them
+    kernel ridge rates silence near its training mean."""
+    from dragontune.data.synth import synth_corpus
+
+    corpus = tmp_path / "corpus"
+    synth_corpus(corpus, n=80, seed=0)
+    cfg = make_config({"degraded_fraction": 0.0})
+    clean = torch.from_numpy(np.stack([render_clip(clip_row(i, 2024, cfg), SR) for i in range(3)])).float()[:, None]
+    silence = torch.zeros(1, 1, clean.shape[-1])
+    got = {}
+    for every in (0, 2):
+        out = tmp_path / f"aes{every}.safetensors"
+        rep = train_aesthetics(corpus, out, encoders=("codec",), heads=("kernel_ridge",), eval_clips=2,
+                               degenerate_every=every)
+        p = load_aesthetics(out)
+        got[every] = (float(p.predict(silence, SR)[0]), float(p.predict(clean, SR).min()), rep)
+    s0, c0, rep0 = got[0]
+    s2, c2, rep2 = got[2]
+    assert rep0["n_degenerate"] == {"train": 0, "validation": 0} and "degenerate" not in rep0["results"]["codec/kernel_ridge"]
+    assert rep2["n_degenerate"]["train"] + rep2["n_degenerate"]["validation"] == 40
+    d = rep2["results"]["codec/kernel_ridge"]["degenerate"]
+    assert set(d) >= {"corpus_min", "corpus_mean"} and any(k in d for k in ("silence", "white_noise", "hard_clipping"))
+    assert s2 < 2.0 and s2 < c2 - 1.0, (s2, c2)  # learnt: silence at the bottom
+    assert s0 > s2 + 1.0, (s0, s2)  # without degenerate clips silence sits near the mean rating
