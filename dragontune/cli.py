@@ -214,6 +214,30 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _read_records(path: Path, keys: tuple[str, ...]) -> list[dict]:
+    """Rows of ``samples.jsonl`` (one JSON object a line) or the ``pairs`` of an ``index.json``, each with
+    ``keys``; a malformed file is named with its line and the fix instead of a traceback."""
+    fix = "regenerate it (dragontune sample / eval) or score the folder with --audio-dir"
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = list(enumerate(text.splitlines(), 1)) if path.suffix == ".jsonl" else [(1, text)]
+    docs = []
+    for ln, x in lines:
+        if not x.strip():
+            continue
+        try:
+            docs.append(json.loads(x))
+        except json.JSONDecodeError as e:
+            raise DragontuneError(f"{path} line {ln if path.suffix == '.jsonl' else e.lineno} is not valid JSON "
+                                  f"({e.msg}); {fix}") from None
+    rows = docs if path.suffix == ".jsonl" else (docs[0].get("pairs") if docs and isinstance(docs[0], dict) else None)
+    if not rows or not isinstance(rows, list):
+        raise DragontuneError(f"{path} lists no clips; {fix}")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or any(k not in r for k in keys):
+            raise DragontuneError(f"{path}: record {i + 1} lacks {' or '.join(keys)} ({str(r)[:80]}); {fix}")
+    return rows
+
+
 def _score_inputs(args) -> tuple[list[Path], list[str]]:
     """The files to score and their prompts (from --run's records, or --prompt for every clip of --audio-dir)."""
     if args.run:
@@ -222,10 +246,10 @@ def _score_inputs(args) -> tuple[list[Path], list[str]]:
             raise DragontuneError(f"--run {str(run)!r} is not a directory")
         idx = run / "eval" / "audio" / "index.json"
         if (run / "samples.jsonl").is_file():  # written by `dragontune sample`
-            rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines() if x.strip()]
+            rows = _read_records(run / "samples.jsonl", ("file", "prompt"))
             files, prompts = [run / r["file"] for r in rows], [r["prompt"] for r in rows]
         elif idx.is_file():  # a DRAGON run directory: the fine-tuned model's evaluation clips
-            pairs = json.loads(idx.read_text())["pairs"]
+            pairs = _read_records(idx, ("model", "prompt"))
             files, prompts = [idx.parent / p["model"] for p in pairs], [p["prompt"] for p in pairs]
         else:
             files = sorted(run.glob("*.wav"))
@@ -277,6 +301,7 @@ def cmd_eval(args) -> int:
     check_sampler(SamplerConfig(steps=args.steps, cfg=args.cfg), "--")
     if args.n is not None:
         at_least("--n", args.n, 1)
+    at_least("--n-audio", args.n_audio, 0, "0 = save no audio pairs")
     check_device("--device", args.device)
     ensure_writable_dir(args.out)  # before any work
     prompts = load_prompts(args.prompts, corpus=args.corpus, limit=args.n)

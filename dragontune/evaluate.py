@@ -350,7 +350,8 @@ def _load_pair(baseline_path, model_path, device):
     a_id, b_id = base.codec.id, codec_b.id
     if a_id != b_id or base.sample_rate != codec_b.sample_rate:
         raise CheckpointError(
-            f"baseline {str(baseline_path)!r} and model {str(model_path)!r} use different codecs "
+            f"baseline {str(baseline_path) if baseline_path is not None else '(the committed baseline)'!r} and model "
+            f"{str(model_path)!r} use different codecs "
             f"(baseline: {a_id} at {base.sample_rate} Hz; model: {b_id} at {codec_b.sample_rate} Hz); "
             "a win rate compares clips decoded the same way: fine-tune from this baseline or compare against "
             "the baseline the model was trained from"

@@ -132,3 +132,27 @@ def test_all_nan_scores_exit_nonzero_and_json_is_strict(env, tmp_path, capsys):
     rc = main(["score", "--reward", "clap_score", "--audio-dir", str(d), "--prompt", "a piano", "--checkpoint",
                str(env["base"]), "--out", str(out)])
     assert rc == 0 and all(isinstance(x, float) for x in json.loads(out.read_text())["scores"])
+
+
+@pytest.mark.parametrize("name,text,named", [
+    ("samples.jsonl", '{"file": "0.wav", "prompt": "a"}\n{"file": "1.wav"\n', "samples.jsonl line 2 is not valid JSON"),
+    ("samples.jsonl", '{"file": "0.wav"}\n', "record 1 lacks file or prompt"),
+    ("eval/audio/index.json", '{"pairs": [', "index.json line 1 is not valid JSON"),
+    ("eval/audio/index.json", '{"pairs": []}', "lists no clips"),
+])
+def test_score_run_with_a_malformed_record_file_names_it(env, tmp_path, capsys, name, text, named):
+    run = tmp_path / "run"
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    (run / name).write_text(text)
+    out = tmp_path / "s.json"
+    rc = main(["score", "--reward", "vendi", "--encoder", "codec", "--run", str(run), "--checkpoint", str(env["base"]),
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and named in err and "--audio-dir" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_eval_negative_n_audio_is_refused_before_any_work(tmp_path, capsys):
+    rc = main(["eval", "--model", str(tmp_path / "missing.safetensors"), "--n-audio", "-1", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--n-audio=-1" in err and ">= 0" in err and "missing.safetensors" not in err, err
