@@ -194,6 +194,14 @@ def check_finetune(cfg) -> None:
         v = getattr(cfg, key)
         if not str(v).strip() or (str(v).startswith("corpus:") and not str(v)[7:].strip()):
             raise _bad(key, v, "must be corpus:SPLIT or a text file with one prompt per line")
+        if key == "eval_prompts" and cfg.eval_n_prompts == 0:
+            continue  # not read
+        if not str(v).startswith("corpus:"):
+            from pathlib import Path
+
+            if not Path(str(v)).expanduser().is_file():
+                raise _bad(key, v, "must be corpus:SPLIT or a text file with one prompt per line",
+                           f"no such file (relative paths start at {Path.cwd()})")
     check_sampler(cfg.sampler, "sampler.")
     check_sampler(cfg.eval_sampler, "eval_sampler.")
     cfg.lora.check("lora.")

@@ -118,6 +118,7 @@ def test_checks_come_before_any_work(tmp_path):
     ("reward.exemplars.audio_dir=missing-folder", "reward.exemplars.audio_dir='missing-folder'", "existing folder"),
     ("reward.exemplars.corpus=other-corpus", "reward.exemplars.corpus='other-corpus'", "existing folder"),
     ("reward.name=fda", "reward.name='fda'", "must be one of aesthetics"),
+    ("prompts=no-such-prompts.txt", "prompts='no-such-prompts.txt'", "no such file"),
 ])
 @pytest.mark.parametrize("dry", [True, False])
 def test_finetune_reward_spec_checked_before_any_work(override, named, valid, dry, tmp_path, monkeypatch, capsys):
