@@ -20,8 +20,10 @@ Builders (config ``dragon.builder``) and losses (``dragon.loss``)::
 
 Scores are float64, higher is better; NaN marks an unscorable sample, which is dropped and counted;
 ±inf is an error (a reward must report NaN instead). A credit builder (pool, loo) warns naming the samples
-whose credit is NaN and refuses a round whose credits are all NaN (RewardError), so nothing trains on them. All tie-breaking is by lowest sample index, so
-a builder is a deterministic function of its inputs (and of the generator for ``split``).
+whose credit is NaN and refuses a round whose credits are all NaN (RewardError), so nothing trains on them.
+Differences within a relative ``SET_SCORE_RTOL`` (1e-10) are rounding and count as ties, so a set of identical
+clips gives no demonstrations. All tie-breaking is by lowest sample index, so a builder is a deterministic
+function of its inputs (and of the generator for ``split``).
 """
 
 from __future__ import annotations
@@ -236,9 +238,9 @@ def unpaired(
 
     ``prompt_median``: +1 above the median of the sample's prompt, −1 below; ``batch_median``: the
     same against the median of all kept samples. The median of an even count is the mean of the two
-    middle values; a score equal to the median (within a relative ``SET_SCORE_RTOL``) is labelled 0 (unused: no evidence either way), which
-    for an odd K leaves the middle sample of each prompt unused. ``fraction``: over the whole batch,
-    the top ``floor(fraction * n_kept)`` samples +1 and as many bottom ones −1 (rank ties broken by
+    middle values; a score equal to the median (within a relative ``SET_SCORE_RTOL``) is labelled 0 (unused:
+    no evidence either way), which for an odd K leaves the middle sample of each prompt unused. ``fraction``:
+    over the whole batch, the top ``floor(fraction * n_kept)`` samples +1 and as many bottom ones −1 (rank ties broken by
     lowest index), the rest 0; if the lowest +1 score equals the highest −1 score, every sample with
     that score is set to 0, so a +1 sample always scores strictly above every −1 sample.
     """
@@ -433,8 +435,8 @@ def split(
     Each prompt's kept samples are permuted with ``generator`` (CPU); the first ``floor(k/2)`` go to
     D1, the next ``floor(k/2)`` to D2, and for an odd k the last one to whichever half is smaller so far
     (D1 on a tie). So every prompt with k >= 2 has members in both halves. Equal set scores (within a relative
-    ``SET_SCORE_RTOL``) give no demonstrations (no preference); a NaN set score raises RewardError. ``loss="kto"``: D+ +1, D− −1;
-    ``loss="dpo"``: within each prompt the members are paired in permutation order.
+    ``SET_SCORE_RTOL``) give no demonstrations (no preference); a NaN set score raises RewardError.
+    ``loss="kto"``: D+ +1, D− −1; ``loss="dpo"``: within each prompt the members are paired in permutation order.
     """
     _check_loss(loss)
     if not isinstance(generator, torch.Generator):
