@@ -59,8 +59,10 @@ def check_reward_spec(key: str, spec: Any, corpus: str | None = None) -> None:
     if not isinstance(spec, dict) or not str(spec.get("name", "")).strip():
         raise _bad(key, spec, "must be a mapping with a 'name', e.g. {name: per_song_fad, encoder: codec}")
     names = known_rewards()
-    if spec["name"] not in names:
-        raise _bad(f"{key}.name", spec["name"], f"must be one of {', '.join(names)}")
+    if spec["name"] not in names:  # the registry's own error, named by key, before any work
+        from dragontune.errors import RewardError
+
+        raise RewardError(f"{key}.name: unknown reward {spec['name']!r}; known rewards: {', '.join(names)}")
     if spec["name"] == "weighted":
         comps = spec.get("components")
         if not isinstance(comps, list) or not comps:

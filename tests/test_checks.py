@@ -117,7 +117,7 @@ def test_checks_come_before_any_work(tmp_path):
 @pytest.mark.parametrize("override,named,valid", [
     ("reward.exemplars.audio_dir=missing-folder", "reward.exemplars.audio_dir='missing-folder'", "existing folder"),
     ("reward.exemplars.corpus=other-corpus", "reward.exemplars.corpus='other-corpus'", "existing folder"),
-    ("reward.name=fda", "reward.name='fda'", "must be one of aesthetics"),
+    ("reward.name=fda", "reward.name: unknown reward 'fda'", "known rewards: aesthetics"),
     ("prompts=no-such-prompts.txt", "prompts='no-such-prompts.txt'", "no such file"),
 ])
 @pytest.mark.parametrize("dry", [True, False])
