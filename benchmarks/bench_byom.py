@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from _emit import emit  # benchmarks/ is on sys.path when a benchmark runs as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
@@ -163,11 +165,7 @@ def main():
               "the ratio compares two steps timed alternately in the same process. CPU only: no GPU was lent to "
               "the session that measured this, so CUDA memory, samples/s and a two-process NCCL run are not "
               "measured here."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
+from _emit import emit  # benchmarks/ is on sys.path when a benchmark runs as a script
 from bench_model import machine
 from dragontune.dragon.builders import Demonstrations
 from dragontune.dragon.loop import DragonConfig, _train_round
@@ -83,11 +83,8 @@ def main():
             "| step | time | ratio |\n|---|---|---|\n"
             f"| plain EDM fine-tuning (policy forward + backward, {2 * P} clips) | {1000 * res['edm']:.0f} ms | 1.00 |\n"
             f"| DRAGON DPO (policy fwd + bwd, frozen reference fwd, shared sigma/noise) | {1000 * res['dragon']:.0f} ms | "
-            f"{res['dragon'] / res['edm']:.2f} |\n")
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+            f"{res['dragon'] / res['edm']:.2f} |")
+    emit([text], args.out)
 
 
 if __name__ == "__main__":

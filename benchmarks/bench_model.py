@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -20,6 +19,8 @@ from dragontune.models.dit import DiT, DiTConfig
 from dragontune.models.edm import EDMDenoiser, count_params, denoising_loss, model_flops_per_sample, sample_sigma
 from dragontune.sampling import CFGDenoiser, karras_sigmas, sample_dpmpp_2m, seeded_noise
 from dragontune.train import PretrainConfig
+
+from _emit import emit  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 
 def sync(dev):
@@ -150,11 +151,7 @@ def main():
         if dev.type == "cuda":
             extra = f" {100 * r['mfu'] / peak:.1f} % of {peak / 1e12:.0f} TFLOP/s |" if "mfu" in r and peak else " |"
         lines.append(f"| {r['what']} | {r['value']} |" + extra)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from _emit import emit  # benchmarks/ is on sys.path when a benchmark runs as a script
+
 
 def _median_time(fn, reps: int) -> float:
     ts = []
@@ -118,10 +120,7 @@ def main():
               "credit / FAD |", "|---|---|---|---|---|"]
     for name, d, n, tc, tf in credit_rows:
         lines.append(f"| {name} ({d}) | {n} | {1000 * tc:.1f} ms | {1000 * tf:.1f} ms | {tc / tf:.2f} |")
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
