@@ -10,16 +10,21 @@ for the builder comparison); then the fine-tuned model is evaluated against the 
 test prompts x `--eval-seeds` seeds per prompt (the same seeds for both models; 256 clips per model by default)
 over the evaluation suite (`--suite`, default: the 13 rewards of docs/results.md), so every run also shows its
 side effects. Baseline generations are cached (`--gen-cache`), so the baseline is generated once for all runs.
-A run whose `eval/eval.json` exists is skipped (the script resumes). `--table` prints the markdown tables from
-the finished runs: per reward, the mean difference over seeds with its spread, each seed's 95 % interval of the
+A run whose `eval/eval.json` exists is skipped (the script resumes). Each finished run also writes a small record
+(its evaluation rows, train time, commit and overrides) to `--records` (default `experiments/results/<name of --out>`),
+which is committed, so the tables can be rebuilt on a clean checkout. `--table` prints the markdown tables from
+the finished runs' `eval.json` files and from record folders (`--out` takes both, comma-separated; a run found in
+both is taken once): per reward, the mean difference over seeds with its spread, each seed's 95 % interval of the
 difference (paired bootstrap over prompts), and how many seeds improved with the interval excluding zero.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,9 +76,55 @@ def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
                           n_audio=0, generation_cache=args.gen_cache)
     res["train_seconds"] = t_train
     (run / "eval" / "train_seconds.txt").write_text(f"{t_train:.1f}\n")
+    write_record(run, res, seed, builder, args)
     print(f"{reward} seed {seed} builder {builder}: train {t_train:.0f} s, eval {sum(res['time'].values()):.0f} s",
           flush=True)
     return res
+
+
+def records_dir(args) -> Path:
+    return Path(args.records) if args.records else ROOT / "experiments" / "results" / Path(args.out).name
+
+
+def write_record(run: Path, res: dict, seed: int, builder: str, args) -> Path:
+    """The run's evaluation rows (with the per-prompt scores: a few kB), with what produced them."""
+    from dragontune.utils import atomic_write_json  # strict JSON: NaN written as null
+
+    rows = res.get("rewards", [])
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except OSError:
+        commit = ""
+    rec = {"rewards": rows, "train_seconds": res.get("train_seconds"), "seed": seed, "builder": builder,
+           "rounds": args.rounds, "n_eval": args.n_eval, "eval_seeds": args.eval_seeds, "extra": list(args.extra),
+           "commit": commit, "date": datetime.date.today().isoformat()}
+    path = records_dir(args) / run.parent.name / f"{run.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, rec)
+    return path
+
+
+def _found_runs(outs: list[str]) -> list[tuple[str, int, dict]]:
+    """(tag, seed, evaluation) from run folders (``TAG/seedN/eval/eval.json``) and record folders
+    (``TAG/seedN.json``); the first place a (folder name, tag, seed) is found wins."""
+    found, seen = [], set()
+    for out in outs:
+        paths = [(e, e.parent.parent.parent.name, e.parent.parent.name) for e in sorted(Path(out).glob("*/seed*/eval/eval.json"))]
+        paths += [(e, e.parent.name, e.stem) for e in sorted(Path(out).glob("*/seed*.json"))]
+        for path, tag, seed_name in paths:
+            key = (Path(out).name, tag, seed_name)
+            if key in seen:
+                continue
+            seen.add(key)
+            ev = json.loads(path.read_text())
+            if "train_seconds" not in ev:
+                ts = path.parent / "train_seconds.txt"
+                ev["train_seconds"] = float(ts.read_text()) if ts.is_file() else float("nan")
+            if ev["train_seconds"] is None:
+                ev["train_seconds"] = float("nan")
+            found.append((tag, int(seed_name[4:]), ev))
+    return found
 
 
 def _row(ev: dict, name: str) -> dict | None:
@@ -91,14 +142,8 @@ def _mean_sd(v: list[float]) -> tuple[float, float]:
 
 def tables(args) -> str:
     runs: dict[tuple[str, str], dict[int, dict]] = {}
-    found = [e for out in args.out.split(",") for e in sorted(Path(out).glob("*/seed*/eval/eval.json"))]
-    for evj in found:
-        tag, seed = evj.parent.parent.parent.name, int(evj.parent.parent.name[4:])
-        reward, _, builder = tag.partition("__")
-        reward = reward.replace("_", "/", 2) if reward.count("_") >= 2 else reward
-        ev = json.loads(evj.read_text())
-        ts = evj.parent / "train_seconds.txt"
-        ev["train_seconds"] = float(ts.read_text()) if ts.is_file() else float("nan")
+    for tag, seed, ev in _found_runs(args.out.split(",")):
+        builder = tag.partition("__")[2]
         runs.setdefault((tag, builder or "auto"), {})[seed] = ev
     lines = ["| target reward | builder | seeds | before | after (mean ± sd over seeds) | difference per seed [95 % interval] "
              "| seeds improved, interval excl. 0 | win rate (mean over seeds) | train time / run |",
@@ -175,6 +220,7 @@ def main():
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--out", default="runs/set_rewards")
     ap.add_argument("--gen-cache", default="runs/gen_cache")
+    ap.add_argument("--records", default=None, help="folder for the runs' records (default experiments/results/NAME)")
     ap.add_argument("--side-seeds", default="0", help="training seeds evaluated on the whole suite (others: target)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--extra", nargs="*", default=[])
