@@ -176,6 +176,12 @@ def check_finetune(cfg) -> None:
     one_of("kto_noise", cfg.kto_noise, ("independent", "paired", "shared"))
     at_least("set_reward_lr", cfg.set_reward_lr, 0, "0 = optim.lr for set rewards too")
     at_least("kto_lr", cfg.kto_lr, 0, "0 = optim.lr for the KTO recipe too")
+    if not isinstance(cfg.reward_lr, dict):
+        raise ConfigError(f"reward_lr={cfg.reward_lr!r} must be a mapping reward name -> lr, e.g. {{clap_score: 2.0e-5}} "
+                          "(or {} for none)")
+    for name, v in cfg.reward_lr.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"):
+            raise _bad(f"reward_lr.{name}", v, "a learning rate > 0", "drop the key to use the class's lr")
     cfg.pool.check()
     positive("beta", cfg.beta, "the DPO/KTO temperature (the paper uses 5000)")
     at_least("kto_w_desirable", cfg.kto_w_desirable, 0)
@@ -238,7 +244,7 @@ def _check_combination(cfg) -> None:
     if rc is None:
         return
     recipe = resolve_recipe(rc, cfg.builder, cfg.loss, cfg.k_per_prompt, cfg.builder_options, cfg.set_reward_lr,
-                            cfg.kto_lr)
+                            cfg.kto_lr, cfg.reward.get("name") if isinstance(cfg.reward, dict) else cfg.reward, cfg.reward_lr)
     validate_combination(rc, recipe.builder, recipe.loss, cfg.k_per_prompt, recipe.options)
 
 

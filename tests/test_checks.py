@@ -32,6 +32,7 @@ FINETUNE_BAD = [
     ("kto_utility=tanh", "kto_utility='tanh'", "sigmoid"),
     ("pool.size=1", "pool.size=1", ">= 2"),
     ("set_reward_lr=-1", "set_reward_lr=-1.0", ">= 0"),
+    ("reward_lr.clap_score=0", "reward_lr.clap_score=0", "> 0"),
     ("sampler.sampler=ddim", "sampler.sampler='ddim'", "dpmpp_2m"),
     ("sampler.cfgpp_steps=[3,1]", "sampler.cfgpp_steps=[3, 1]", "start < stop"),
     ("data.duration=0", "data.duration=0.0", "> 0"),

@@ -43,6 +43,14 @@ def test_recipe_table():
     assert (r.builder, r.loss, r.options) == ("pool", "kto", {"threshold": "batch_median"})
     r = resolve_recipe("dist_to_dist", "greedy", "kto", 4, {"size": 3})  # explicit choices stay as given
     assert (r.builder, r.loss, r.options, r.chosen) == ("greedy", "kto", {"size": 3}, False)
+    # a reward's own lr (clap_score): with builder auto only, and KTO's lr still wins when KTO is chosen
+    own = {"clap_score": 2e-5}
+    assert resolve_recipe("instance", "auto", "auto", 4, {}, 2e-5, 1e-5, "clap_score", own).lr == 2e-5
+    assert resolve_recipe("instance", "auto", "auto", 4, {}, 2e-5, 1e-5, "aesthetics", own).lr is None
+    assert resolve_recipe("instance", "paired", "dpo", 4, {}, 2e-5, 1e-5, "clap_score", own).lr is None
+    assert resolve_recipe("instance", "auto", "auto", 1, {}, 2e-5, 1e-5, "clap_score", own).lr == 1e-5
+    r = resolve_recipe("dist_to_dist", "greedy", "kto", 4, {"size": 3})
+    assert (r.builder, r.loss, r.options, r.chosen) == ("greedy", "kto", {"size": 3}, False)
     # the set-reward recipe's learning rate applies with an auto builder only
     assert resolve_recipe("dist_to_dist", "auto", "auto", 4, {}, 2e-5).lr == 2e-5
     assert resolve_recipe("dist_to_dist", "loo", "auto", 4, {}, 2e-5).lr is None

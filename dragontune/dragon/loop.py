@@ -28,7 +28,7 @@ from dragontune.dragon.builders import build_demonstrations, validate_combinatio
 from dragontune.dragon.health import LearningMonitor
 from dragontune.dragon.losses import diffusion_dpo_loss, diffusion_kto_loss
 from dragontune.dragon.pool import FeaturePool, PoolConfig
-from dragontune.dragon.recipes import resolve_recipe
+from dragontune.dragon.recipes import REWARD_LR, resolve_recipe
 from dragontune.errors import ConfigError, DataError
 from dragontune.generate import SamplerConfig, generate_latents, generate_latents_cached
 from dragontune.dragon.accumulate import step_gradient
@@ -75,6 +75,7 @@ class DragonConfig:
     builder: str = "auto"              # paired | unpaired | pool | loo | greedy | split | auto
     set_reward_lr: float = 2e-5        # lr of the set-reward recipe (builder auto, dist_to_dist reward); 0 = optim.lr
     kto_lr: float = 1e-5               # lr of the KTO recipe (loss auto with k_per_prompt=1); 0 = optim.lr
+    reward_lr: dict = dataclasses.field(default_factory=lambda: dict(REWARD_LR))  # reward name -> lr of its recipe (builder auto); {} = none
     builder_options: dict = dataclasses.field(default_factory=dict)
     pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)   # credit pool of builder=pool
     beta: float = 5000.0
@@ -233,7 +234,8 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     reward = build_reward(cfg.reward, ctx)
     watch = [build_reward(w, ctx) for w in cfg.watch]
     recipe = resolve_recipe(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options, cfg.set_reward_lr,
-                            cfg.kto_lr)
+                            cfg.kto_lr, cfg.reward.get("name") if isinstance(cfg.reward, dict) else cfg.reward,
+                            cfg.reward_lr)
     if recipe.settings:  # the recipe's loss settings; config.yaml keeps what the user wrote (resume re-derives them)
         cfg = dataclasses.replace(cfg, **recipe.settings)
     builder, loss_name, builder_options = recipe.builder, recipe.loss, recipe.options

@@ -13,6 +13,12 @@ checked by :func:`dragontune.dragon.builders.validate_combination` (refusal is o
                                                          lr 5e-5 full-set FAD toward the calm exemplars degraded
                                                          the model; at 2e-5 it improved (docs/results.md)
 
+A reward can have its own learning rate in the table (``reward_lr`` of the config, by reward name, builder
+``auto``): ``clap_score`` trains at 2e-5. Its preferences are prompt-specific (which of four clips matches its own
+caption better) and weak against the drift every fine-tune causes on it (in docs/results.md every run lowers it
+as a side effect); at optim.lr 5e-5 it got worse on held-out prompts (28 % and, with K = 8, 38 % of prompts), at
+2e-5 it did not.
+
 With one sample per prompt (``k_per_prompt=1``) pairs are impossible: ``auto`` then takes KTO with labels
 against the batch median instead of the paired DPO row, in the variant that kept learning here
 (:data:`KTO_RECIPE`: loss-averse log-sigmoid value function, reference point = the step's mean implicit reward,
@@ -31,6 +37,9 @@ AUTO = "auto"
 
 #: the KTO settings the table uses when it picks KTO (measured in docs/dragon.md, "KTO")
 KTO_RECIPE = {"kto_utility": "log_sigmoid", "kto_reference": "mean", "kto_noise": "shared"}
+
+#: reward name -> lr of its recipe (the default of ``DragonConfig.reward_lr``; measured in docs/results.md)
+REWARD_LR = {"clap_score": 2e-5}
 
 #: reward class -> (builder, loss)
 RECIPES = {
@@ -62,10 +71,12 @@ class Recipe:
 
 
 def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int, options: dict | None,
-                   set_reward_lr: float = 0.0, kto_lr: float = 0.0) -> Recipe:
+                   set_reward_lr: float = 0.0, kto_lr: float = 0.0, reward_name: str | None = None,
+                   reward_lr: dict | None = None) -> Recipe:
     """Fill ``auto`` builder / loss from :data:`RECIPES` for ``reward_class``; explicit values stay. With an
-    ``auto`` builder, a set reward trains at ``set_reward_lr``; when ``auto`` loss becomes KTO, it trains with
-    :data:`KTO_RECIPE` at ``kto_lr`` (either lr 0: the config's optim.lr)."""
+    ``auto`` builder, a set reward trains at ``set_reward_lr`` and a reward named in ``reward_lr`` at its own lr;
+    when ``auto`` loss becomes KTO, it trains with :data:`KTO_RECIPE` at ``kto_lr`` (any lr 0: the config's
+    optim.lr)."""
     if reward_class not in RECIPES:
         raise ConfigError(f"unknown reward class {reward_class!r}; known: {', '.join(RECIPES)}")
     opts = dict(options or {})
@@ -86,6 +97,9 @@ def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int
     else:
         lo = loss
     lr = set_reward_lr if (reward_class == "dist_to_dist" and builder == AUTO and set_reward_lr > 0) else None
+    own = (reward_lr or {}).get(reward_name) if reward_name is not None else None
+    if builder == AUTO and own:
+        lr = float(own)
     settings, warning = {}, ""
     if loss == AUTO and lo == "kto":
         settings = dict(KTO_RECIPE)
