@@ -12,7 +12,8 @@ over the evaluation suite (`--suite`, default: the 13 rewards of docs/results.md
 side effects. Baseline generations are cached (`--gen-cache`), so the baseline is generated once for all runs.
 A run whose `eval/eval.json` exists is skipped (the script resumes). Each finished run also writes a small record
 (its evaluation rows, train time, commit and overrides) to `--records` (default `experiments/results/<name of --out>`),
-which is committed, so the tables can be rebuilt on a clean checkout. `--table` prints the markdown tables from
+which is committed, so the tables can be rebuilt on a clean checkout (a record with `transcribed_from` was copied
+from an earlier table whose run folder was not kept; the table marks it †). `--table` prints the markdown tables from
 the finished runs' `eval.json` files and from record folders (`--out` takes both, comma-separated; a run found in
 both is taken once): per reward, the mean difference over seeds with its spread, each seed's 95 % interval of the
 difference (paired bootstrap over prompts), and how many seeds improved with the interval excluding zero.
@@ -150,6 +151,7 @@ def tables(args) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     side = {}
     wins = {}
+    transcribed = 0
     for (tag, builder), by_seed in sorted(runs.items()):
         ev0 = next(iter(by_seed.values()))
         name = ev0["rewards"] and _target_name(tag, ev0)
@@ -160,13 +162,15 @@ def tables(args) -> str:
         after = [r["after"] for r, _, _ in rows]
         m, sd = _mean_sd(after)
         per_seed, ok = [], 0
-        for r, s, _ in rows:
+        for r, s, ev in rows:
             d = r["after"] - r["before"]
+            mark = " †" if ev.get("transcribed_from") else ""
+            transcribed += bool(mark)
             if r["method"] == "bootstrap":
-                per_seed.append(f"{d:+.3g} [{r['diff_lo']:+.3g}, {r['diff_hi']:+.3g}]")
+                per_seed.append(f"{d:+.3g} [{r['diff_lo']:+.3g}, {r['diff_hi']:+.3g}]{mark}")
                 ok += int(r["diff_lo"] > 0)
             else:
-                per_seed.append(f"{d:+.3g} (win {100 * r['win_rate']:.0f} % [{100 * r['lo']:.0f}, {100 * r['hi']:.0f}])")
+                per_seed.append(f"{d:+.3g} (win {100 * r['win_rate']:.0f} % [{100 * r['lo']:.0f}, {100 * r['hi']:.0f}]){mark}")
                 ok += int(r["lo"] > 0.5)
         wr = [r["win_rate"] for r, _, _ in rows]
         kind = rows[0][0].get("win_rate_kind", "")
@@ -185,6 +189,9 @@ def tables(args) -> str:
         side[name if builder == "auto" else f"{name} ({builder})"] = {k: (sum(v) / len(v), len(v))
                                                                      for k, v in sums.items()}
     text = "\n".join(lines)
+    if transcribed:
+        text += ("\n\n† a record transcribed from an earlier docs/results.md (its `transcribed_from` says which); the run "
+                 "folder was not kept, so only the target row, to the precision printed there")
     if wins:
         text += (f"\n\nAverage win rate over {len(wins)} target rewards (recipe runs; share of prompts for per-sample "
                  f"rewards, bootstrap win share for set rewards): **{100 * sum(wins.values()) / len(wins):.1f} %**\n")
