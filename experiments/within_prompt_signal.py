@@ -1,11 +1,11 @@
-"""Is there a within-prompt CLAP-score signal for DRAGON to learn, and do the demonstrations rank clips as the
-evaluation does?
+"""Is there a within-prompt signal of a per-sample reward (CLAP score by default) for DRAGON to learn, and do the
+demonstrations rank clips as the evaluation does?
 
-    python experiments/clap_signal.py [--n-prompts 16] [--k 8]
+    python experiments/within_prompt_signal.py [--reward clap_score|aesthetics] [--n-prompts 16] [--k 8]
 
 Committed baseline, the first training-split captions, K seeds each, generated with the 12-step demonstration
-sampler and the 25-step evaluation sampler (plain CFG 3, the same seeds), decoded and scored with `clap_score`
-(clap-mini). Prints the within-prompt and between-prompt spread, the within-prompt correlation of the score with
+sampler and the 25-step evaluation sampler (plain CFG 3, the same seeds), decoded and scored with the reward
+(`clap_score`: clap-mini). Prints the within-prompt and between-prompt spread, the within-prompt correlation of the score with
 clipping and level, and how well the 12-step scores rank a prompt's clips as the 25-step ones do.
 """
 
@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=16)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--corpus", default="data/corpus")
+    ap.add_argument("--reward", default="clap_score", help="clap_score (clap-mini) or aesthetics")
+    ap.add_argument("--path", default=None, help="aesthetics: a predictor file other than the packaged one")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_diffusion_model(None)
@@ -40,7 +42,10 @@ def main() -> None:
     n, k = len(prompts), args.k
     clip_prompts = [p for p in prompts for _ in range(k)]
     seeds = [1000 + i for i in range(len(clip_prompts))]
-    reward = build_reward({"name": "clap_score", "encoder": "clap-mini"})
+    spec = {"name": "clap_score", "encoder": "clap-mini"} if args.reward == "clap_score" else {"name": args.reward}
+    if args.path:
+        spec["path"] = args.path
+    reward = build_reward(spec)
     scores = {}
     for steps in (12, 25):
         audio = model.decode(generate_latents(model, clip_prompts, seeds, SamplerConfig(steps=steps, cfg=3.0)))
