@@ -237,14 +237,13 @@ def _check_combination(cfg) -> None:
     """Builder, loss and K against the reward's class, as the loop checks them once the reward is built,
     here before any work (a plugin reward of unknown class is checked by the loop)."""
     from dragontune.dragon.builders import validate_combination
-    from dragontune.dragon.recipes import resolve_recipe
+    from dragontune.dragon.recipes import recipe_of_config
     from dragontune.rewards.registry import reward_class_of
 
     rc = reward_class_of(cfg.reward)
     if rc is None:
         return
-    recipe = resolve_recipe(rc, cfg.builder, cfg.loss, cfg.k_per_prompt, cfg.builder_options, cfg.set_reward_lr,
-                            cfg.kto_lr, cfg.reward.get("name") if isinstance(cfg.reward, dict) else cfg.reward, cfg.reward_lr)
+    recipe = recipe_of_config(cfg, rc)
     validate_combination(rc, recipe.builder, recipe.loss, cfg.k_per_prompt, recipe.options)
 
 

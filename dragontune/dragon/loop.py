@@ -28,7 +28,7 @@ from dragontune.dragon.builders import build_demonstrations, validate_combinatio
 from dragontune.dragon.health import LearningMonitor
 from dragontune.dragon.losses import diffusion_dpo_loss, diffusion_kto_loss
 from dragontune.dragon.pool import FeaturePool, PoolConfig
-from dragontune.dragon.recipes import REWARD_LR, resolve_recipe
+from dragontune.dragon.recipes import REWARD_LR, recipe_of_config
 from dragontune.errors import ConfigError, DataError
 from dragontune.generate import SamplerConfig, generate_latents, generate_latents_cached
 from dragontune.dragon.accumulate import step_gradient
@@ -233,9 +233,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     ctx = RewardContext(codec=policy.codec, device=device)
     reward = build_reward(cfg.reward, ctx)
     watch = [build_reward(w, ctx) for w in cfg.watch]
-    recipe = resolve_recipe(reward.reward_class, cfg.builder, cfg.loss, K, cfg.builder_options, cfg.set_reward_lr,
-                            cfg.kto_lr, cfg.reward.get("name") if isinstance(cfg.reward, dict) else cfg.reward,
-                            cfg.reward_lr)
+    recipe = recipe_of_config(cfg, reward.reward_class)
     if recipe.settings:  # the recipe's loss settings; config.yaml keeps what the user wrote (resume re-derives them)
         cfg = dataclasses.replace(cfg, **recipe.settings)
     builder, loss_name, builder_options = recipe.builder, recipe.loss, recipe.options

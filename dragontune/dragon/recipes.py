@@ -107,3 +107,11 @@ def resolve_recipe(reward_class: str, builder: str, loss: str, k_per_prompt: int
         warning = ("one sample per prompt: the KTO recipe; paired Diffusion-DPO (k_per_prompt >= 2) moved the "
                    "reward further in every comparison measured here (docs/dragon.md, 'KTO')")
     return Recipe(builder=b, loss=lo, options=opts, chosen=chosen, lr=lr, settings=settings, warning=warning)
+
+
+def recipe_of_config(cfg, reward_class: str) -> Recipe:
+    """:func:`resolve_recipe` with everything it needs from a ``DragonConfig`` (the loop and the checks before
+    work ask the same question)."""
+    name = cfg.reward.get("name") if isinstance(cfg.reward, dict) else cfg.reward
+    return resolve_recipe(reward_class, cfg.builder, cfg.loss, cfg.k_per_prompt, cfg.builder_options,
+                          cfg.set_reward_lr, cfg.kto_lr, name, cfg.reward_lr)
