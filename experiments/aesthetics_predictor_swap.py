@@ -13,7 +13,6 @@ Writes a record like the driver's to ``experiments/results/aesthetics_predictor_
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,10 +22,9 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 
 def main() -> None:
-    from dragontune.config import load_config
-    from dragontune.dragon.loop import DragonConfig, finetune
+    from dragontune.dragon.loop import finetune
     from dragontune.evaluate import evaluate_models, load_prompts
-    from set_rewards import write_record
+    from set_rewards import run_config, write_record
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--predictor", required=True)
@@ -40,10 +38,8 @@ def main() -> None:
     args = ap.parse_args()
     spec = {"name": "aesthetics", "path": str(Path(args.predictor).resolve())}
     run = Path(args.out) / "aesthetics" / f"seed{args.seed}"
-    ov = [f"out_dir={run}", f"seed={args.seed}", f"rounds={args.rounds}", f"reward={json.dumps(spec)}", "watch=[]",
-          "eval_n_prompts=0", f"ckpt_every={args.rounds}", f"data.corpus={args.corpus}",
-          f"pool.cache_dir={args.gen_cache}", "threads=1"]
-    cfg = load_config(DragonConfig, ROOT / "configs" / "dragon_cpu.yaml", ov)
+    args.threads, args.extra, args.records = 1, [], None
+    cfg = run_config(run, spec, args.seed, "auto", args)
     t0 = time.time()
     final = run / "model.safetensors"
     t_train = float("nan")  # trained earlier: evaluate only
@@ -55,8 +51,7 @@ def main() -> None:
                           seeds_per_prompt=args.eval_seeds, sampler=cfg.eval_sampler, out_dir=run / "eval",
                           corpus=args.corpus, n_boot=200, n_audio=0, generation_cache=args.gen_cache)
     res["train_seconds"] = t_train
-    args.extra = [f"reward.path={args.predictor}"]
-    args.records = None
+    args.extra = [f"reward.path={args.predictor}"]  # what the record says was changed
     write_record(run, res, args.seed, "auto", args)
     for r in res["rewards"]:
         print(f"{r['name']}: {r['before']:.4f} -> {r['after']:.4f}, {100 * r['win_rate']:.1f} % of prompts "

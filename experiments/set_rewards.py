@@ -42,22 +42,29 @@ def run_dir(out: Path, reward: str, seed: int, builder: str) -> Path:
     return out / tag / f"seed{seed}"
 
 
-def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
+def run_config(run: Path, spec: dict, seed: int, builder: str, args):
+    """The protocol's DragonConfig: ``configs/dragon_cpu.yaml`` with only the reward, the seed (and a forced
+    builder, ``args.extra``) changed, no in-loop evaluation, one checkpoint at the end."""
     from dragontune.config import load_config
-    from dragontune.dragon.loop import DragonConfig, finetune
+    from dragontune.dragon.loop import DragonConfig
+
+    ov = [f"out_dir={run}", f"seed={seed}", f"rounds={args.rounds}", f"reward={json.dumps(spec)}", "watch=[]",
+          "eval_n_prompts=0", f"ckpt_every={args.rounds}", f"data.corpus={args.corpus}",
+          f"pool.cache_dir={args.gen_cache}", f"threads={args.threads}"]
+    if builder != "auto":
+        ov.append(f"builder={builder}")
+    return load_config(DragonConfig, ROOT / "configs" / "dragon_cpu.yaml", ov + list(args.extra))
+
+
+def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
+    from dragontune.dragon.loop import finetune
     from dragontune.evaluate import evaluate_models, load_prompts, suite_specs
 
     run = run_dir(Path(args.out), reward, seed, builder)
     evj = run / "eval" / "eval.json"
     if evj.is_file():
         return json.loads(evj.read_text())
-    spec = dict(suite_specs([reward], args.corpus))[reward]
-    ov = [f"out_dir={run}", f"seed={seed}", f"rounds={args.rounds}", f"reward={json.dumps(spec)}", "watch=[]",
-          "eval_n_prompts=0", f"ckpt_every={args.rounds}", f"data.corpus={args.corpus}",
-          f"pool.cache_dir={args.gen_cache}", f"threads={args.threads}"]
-    if builder != "auto":
-        ov.append(f"builder={builder}")
-    cfg = load_config(DragonConfig, ROOT / "configs" / "dragon_cpu.yaml", ov + list(args.extra))
+    cfg = run_config(run, dict(suite_specs([reward], args.corpus))[reward], seed, builder, args)
     t0 = time.time()
     final = run / "model.safetensors"
     if final.is_file():  # trained earlier, evaluation missing (e.g. interrupted): evaluate only
