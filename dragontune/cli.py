@@ -14,7 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _config_cmd(cls, args, check, run):
+def _config_cmd(cls, args, check, run, describe=None):
+    """Load a typed config (YAML + dotted overrides), check every value, then run it; ``--dry-run`` prints the
+    resolved config (and ``describe(cfg)``, YAML comment lines) instead."""
     from dragontune.config import dump_yaml, load_config
 
     config, overrides = args.config, list(args.overrides)
@@ -24,6 +26,8 @@ def _config_cmd(cls, args, check, run):
     check(cfg)  # the same range checks the command runs before any work
     if args.dry_run:
         print(dump_yaml(cfg), end="")
+        if describe is not None:
+            print(describe(cfg), end="")
         return 0
     run(cfg)
     return 0
@@ -42,7 +46,21 @@ def cmd_finetune(args) -> int:
     from dragontune.dragon.loop import DragonConfig, finetune
 
     return _config_cmd(DragonConfig, args, check_finetune,
-                       lambda cfg: print(finetune(cfg, resume=args.resume, overwrite=args.overwrite)))
+                       lambda cfg: print(finetune(cfg, resume=args.resume, overwrite=args.overwrite)),
+                       describe=_describe_recipe)
+
+
+def _describe_recipe(cfg) -> str:
+    """What ``builder/loss: auto`` resolve to for this reward (the loop logs the same line when it starts)."""
+    from dragontune.dragon.recipes import recipe_of_config
+    from dragontune.rewards.registry import reward_class_of
+
+    rc = reward_class_of(cfg.reward)
+    if rc is None:
+        return "# recipe: chosen when the run starts (the reward's class is known once it is built)\n"
+    r = recipe_of_config(cfg, rc)
+    lr = "" if r.lr is not None else f" lr={cfg.optim.lr:g} (optim.lr)"
+    return f"# recipe for reward class {rc}: {r.describe()}{lr}\n"
 
 
 def writable_file(path: str | os.PathLike, flag: str) -> Path:

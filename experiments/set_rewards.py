@@ -61,18 +61,21 @@ def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
     from dragontune.evaluate import evaluate_models, load_prompts, suite_specs
 
     run = run_dir(Path(args.out), reward, seed, builder)
-    evj = run / "eval" / "eval.json"
+    eval_dir = run / ("eval" if args.eval_split == "test" else f"eval_{args.eval_split}")
+    evj = eval_dir / "eval.json"
     if evj.is_file():
         return json.loads(evj.read_text())
     cfg = run_config(run, dict(suite_specs([reward], args.corpus))[reward], seed, builder, args)
     t0 = time.time()
     final = run / "model.safetensors"
-    if final.is_file():  # trained earlier, evaluation missing (e.g. interrupted): evaluate only
-        t_train = float("nan")
+    t_file = run / "train_seconds.txt"
+    if final.is_file():  # trained earlier (interrupted, or evaluated on another split): evaluate only
+        t_train = float(t_file.read_text()) if t_file.is_file() else float("nan")
     else:
         final = finetune(cfg)
         t_train = time.time() - t0
-    prompts = load_prompts("test", corpus=args.corpus, limit=args.n_eval)
+        t_file.write_text(f"{t_train:.1f}\n")
+    prompts = load_prompts(args.eval_split, corpus=args.corpus, limit=args.n_eval)
     suite = args.suite.split(",") if args.suite != "13" else SUITE13
     if seed not in [int(x) for x in args.side_seeds.split(",") if x]:
         # other seeds: the rewards that cost little once the target's clips exist (codec space needs no decoding;
@@ -80,10 +83,10 @@ def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
         cheap = [r for r in suite if "/codec" in r or ("clap-mini" in reward and "clap" in r)]
         suite = [reward] + [r for r in cheap if r != reward]
     res = evaluate_models(None, final, prompts, suite, seed=1, seeds_per_prompt=args.eval_seeds,
-                          sampler=cfg.eval_sampler, out_dir=run / "eval", corpus=args.corpus, n_boot=args.n_boot,
+                          sampler=cfg.eval_sampler, out_dir=eval_dir, corpus=args.corpus, n_boot=args.n_boot,
                           n_audio=0, generation_cache=args.gen_cache)
     res["train_seconds"] = t_train
-    (run / "eval" / "train_seconds.txt").write_text(f"{t_train:.1f}\n")
+    (eval_dir / "train_seconds.txt").write_text(f"{t_train:.1f}\n")
     write_record(run, res, seed, builder, args)
     print(f"{reward} seed {seed} builder {builder}: train {t_train:.0f} s, eval {sum(res['time'].values()):.0f} s",
           flush=True)
@@ -91,7 +94,10 @@ def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
 
 
 def records_dir(args) -> Path:
-    return Path(args.records) if args.records else ROOT / "experiments" / "results" / Path(args.out).name
+    if args.records:
+        return Path(args.records)
+    split = "" if args.eval_split == "test" else f"_{args.eval_split}"
+    return ROOT / "experiments" / "results" / (Path(args.out).name + split)
 
 
 def write_record(run: Path, res: dict, seed: int, builder: str, args) -> Path:
@@ -105,7 +111,7 @@ def write_record(run: Path, res: dict, seed: int, builder: str, args) -> Path:
     except OSError:
         commit = ""
     rec = {"rewards": rows, "train_seconds": res.get("train_seconds"), "seed": seed, "builder": builder,
-           "rounds": args.rounds, "n_eval": args.n_eval, "eval_seeds": args.eval_seeds, "extra": list(args.extra),
+           "rounds": args.rounds, "n_eval": args.n_eval, "eval_seeds": args.eval_seeds, "eval_split": args.eval_split, "extra": list(args.extra),
            "commit": commit, "date": datetime.date.today().isoformat()}
     path = records_dir(args) / run.parent.name / f"{run.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +236,9 @@ def main():
     ap.add_argument("--n-eval", type=int, default=64)
     ap.add_argument("--eval-seeds", type=int, default=4)
     ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--eval-split", default="test", choices=["test", "val"],
+                    help="prompts of the evaluation: test (results) or val (choosing a recipe); records of val "
+                         "evaluations go to experiments/results/NAME_val, run folders' to eval_val/")
     ap.add_argument("--suite", default="13")
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--out", default="runs/set_rewards")

@@ -78,6 +78,19 @@ def test_finetune_combination_checked_under_dry_run(overrides, named, capsys):
 
 def test_finetune_auto_recipe_with_one_sample_per_prompt_passes_dry_run(capsys):
     assert main(["finetune", "configs/dragon_cpu.yaml", "k_per_prompt=1", FAD_PIANO, "--dry-run"]) == 0
+    assert "# recipe for reward class dist_to_dist: builder=pool loss=kto" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides,line", [
+    ([FAD_PIANO], "# recipe for reward class dist_to_dist: builder=pool loss=dpo lr=2e-05"),
+    (["reward={name: clap_score}"], "# recipe for reward class instance: builder=paired loss=dpo lr=2e-05"),
+    (["reward={name: aesthetics}", "optim.lr=3e-5"], "builder=paired loss=dpo lr=3e-05 (optim.lr)"),
+    ([FAD_PIANO, "builder=loo"], "builder=loo loss=dpo lr=3e-05 (optim.lr)"),
+])
+def test_finetune_dry_run_prints_the_recipe(overrides, line, capsys):
+    """--dry-run says what `auto` resolves to, before any work (an explicit builder keeps optim.lr)."""
+    assert main(["finetune", "configs/dragon_cpu.yaml", "optim.lr=3e-5", *overrides, "--dry-run"]) == 0
+    assert line in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("override,named,valid", PRETRAIN_BAD)
