@@ -176,12 +176,7 @@ def check_finetune(cfg) -> None:
     one_of("kto_noise", cfg.kto_noise, ("independent", "paired", "shared"))
     at_least("set_reward_lr", cfg.set_reward_lr, 0, "0 = optim.lr for set rewards too")
     at_least("kto_lr", cfg.kto_lr, 0, "0 = optim.lr for the KTO recipe too")
-    if not isinstance(cfg.reward_lr, dict):
-        raise ConfigError(f"reward_lr={cfg.reward_lr!r} must be a mapping reward name -> lr, e.g. {{clap_score: 2.0e-5}} "
-                          "(or {} for none)")
-    for name, v in cfg.reward_lr.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"):
-            raise _bad(f"reward_lr.{name}", v, "a learning rate > 0", "drop the key to use the class's lr")
+    _check_reward_recipes(cfg.reward_recipes)
     cfg.pool.check()
     positive("beta", cfg.beta, "the DPO/KTO temperature (the paper uses 5000)")
     at_least("kto_w_desirable", cfg.kto_w_desirable, 0)
@@ -231,6 +226,39 @@ def check_finetune(cfg) -> None:
         raise _bad("model_options", cfg.model_options, "applies to a Stable Audio pipeline folder only",
                    "set baseline=FOLDER (a StableAudioPipeline.save_pretrained folder) or remove model_options")
     _check_combination(cfg)
+
+
+def _check_reward_recipes(table) -> None:
+    """``reward_recipes``: reward name -> {lr, batch_per_update, all_pairs, margin}."""
+    from dragontune.dragon.recipes import REWARD_RECIPE_KEYS
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"reward_recipes={table!r} must be a mapping reward name -> recipe entries, e.g. "
+                          "{clap_score: {lr: 2.0e-5}} (or {} for none)")
+    for name, entry in table.items():
+        key = f"reward_recipes.{name}"
+        if not isinstance(entry, dict):
+            raise _bad(key, entry, f"must be a mapping of {', '.join(REWARD_RECIPE_KEYS)}", "e.g. {lr: 2.0e-5}")
+        unknown = sorted(set(entry) - set(REWARD_RECIPE_KEYS))
+        if unknown:
+            raise _bad(f"{key}.{unknown[0]}", entry[unknown[0]], f"is not a recipe entry; valid: "
+                                                                 f"{', '.join(REWARD_RECIPE_KEYS)}")
+        if "lr" in entry:
+            v = entry["lr"]
+            try:  # YAML reads 2e-5 (no dot) as a string
+                v = float(v) if isinstance(v, str) else v
+            except ValueError:
+                pass
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"):
+                raise _bad(f"{key}.lr", v, "a learning rate > 0", "drop the key to use the class's lr")
+        if "batch_per_update" in entry:
+            v = entry["batch_per_update"]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise _bad(f"{key}.batch_per_update", v, "an integer >= 1 (pairs per optimiser step)")
+        if "all_pairs" in entry and not isinstance(entry["all_pairs"], bool):
+            raise _bad(f"{key}.all_pairs", entry["all_pairs"], "true or false")
+        if "margin" in entry:
+            at_least(f"{key}.margin", entry["margin"], 0)
 
 
 def _check_combination(cfg) -> None:

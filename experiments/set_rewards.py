@@ -70,6 +70,7 @@ def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
     final = run / "model.safetensors"
     t_file = run / "train_seconds.txt"
     if final.is_file():  # trained earlier (interrupted, or evaluated on another split): evaluate only
+        t_file = t_file if t_file.is_file() else run / "eval" / "train_seconds.txt"  # runs before --eval-split
         t_train = float(t_file.read_text()) if t_file.is_file() else float("nan")
     else:
         final = finetune(cfg)

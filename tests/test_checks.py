@@ -32,7 +32,10 @@ FINETUNE_BAD = [
     ("kto_utility=tanh", "kto_utility='tanh'", "sigmoid"),
     ("pool.size=1", "pool.size=1", ">= 2"),
     ("set_reward_lr=-1", "set_reward_lr=-1.0", ">= 0"),
-    ("reward_lr.clap_score=0", "reward_lr.clap_score=0", "> 0"),
+    ("reward_recipes.clap_score.lr=0", "reward_recipes.clap_score.lr=0", "> 0"),
+    ("reward_recipes.aesthetics.batch_per_update=0", "reward_recipes.aesthetics.batch_per_update=0", ">= 1"),
+    ("reward_recipes.aesthetics.all_pairs=2", "reward_recipes.aesthetics.all_pairs=2", "true or false"),
+    ("reward_recipes.aesthetics.beta=1", "reward_recipes.aesthetics.beta=1", "valid: lr, batch_per_update"),
     ("sampler.sampler=ddim", "sampler.sampler='ddim'", "dpmpp_2m"),
     ("sampler.cfgpp_steps=[3,1]", "sampler.cfgpp_steps=[3, 1]", "start < stop"),
     ("data.duration=0", "data.duration=0.0", "> 0"),
@@ -84,7 +87,9 @@ def test_finetune_auto_recipe_with_one_sample_per_prompt_passes_dry_run(capsys):
 @pytest.mark.parametrize("overrides,line", [
     ([FAD_PIANO], "# recipe for reward class dist_to_dist: builder=pool loss=dpo lr=2e-05"),
     (["reward={name: clap_score}"], "# recipe for reward class instance: builder=paired loss=dpo lr=2e-05"),
-    (["reward={name: aesthetics}", "optim.lr=3e-5"], "builder=paired loss=dpo lr=3e-05 (optim.lr)"),
+    (["reward={name: aesthetics}"], "builder=paired loss=dpo {'all_pairs': True} batch_per_update=32 lr=3e-05 "
+                                    "(optim.lr)"),
+    (["reward={name: aesthetics}", "reward_recipes={}"], "builder=paired loss=dpo lr=3e-05 (optim.lr)"),
     ([FAD_PIANO, "builder=loo"], "builder=loo loss=dpo lr=3e-05 (optim.lr)"),
 ])
 def test_finetune_dry_run_prints_the_recipe(overrides, line, capsys):

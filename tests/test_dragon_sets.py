@@ -10,7 +10,7 @@ import torch
 from dragontune.config import load_config
 from dragontune.dragon.health import LearningMonitor
 from dragontune.dragon.loop import DragonConfig, finetune
-from dragontune.dragon.recipes import KTO_RECIPE, RECIPES, resolve_recipe
+from dragontune.dragon.recipes import KTO_RECIPE, RECIPES, REWARD_RECIPES, resolve_recipe
 from dragontune.errors import ConfigError
 from dragontune.models.checkpoint import read_model_file
 
@@ -44,11 +44,24 @@ def test_recipe_table():
     r = resolve_recipe("dist_to_dist", "greedy", "kto", 4, {"size": 3})  # explicit choices stay as given
     assert (r.builder, r.loss, r.options, r.chosen) == ("greedy", "kto", {"size": 3}, False)
     # a reward's own lr (clap_score): with builder auto only, and KTO's lr still wins when KTO is chosen
-    own = {"clap_score": 2e-5}
+    own = {"clap_score": {"lr": 2e-5}}
     assert resolve_recipe("instance", "auto", "auto", 4, {}, 2e-5, 1e-5, "clap_score", own).lr == 2e-5
     assert resolve_recipe("instance", "auto", "auto", 4, {}, 2e-5, 1e-5, "aesthetics", own).lr is None
     assert resolve_recipe("instance", "paired", "dpo", 4, {}, 2e-5, 1e-5, "clap_score", own).lr is None
     assert resolve_recipe("instance", "auto", "auto", 1, {}, 2e-5, 1e-5, "clap_score", own).lr == 1e-5
+    # a reward's batch and builder options (aesthetics): on its class's row with builder auto only
+    aes = {"aesthetics": {"all_pairs": True, "batch_per_update": 32}}
+    r = resolve_recipe("instance", "auto", "auto", 4, {}, 2e-5, 1e-5, "aesthetics", aes)
+    assert (r.builder, r.loss, r.options, r.settings, r.lr) == ("paired", "dpo", {"all_pairs": True},
+                                                                {"batch_per_update": 32}, None)
+    r = resolve_recipe("instance", "auto", "auto", 4, {"all_pairs": False}, 2e-5, 1e-5, "aesthetics", aes)
+    assert r.options == {"all_pairs": False}  # the user's builder_options win
+    r = resolve_recipe("instance", "paired", "dpo", 4, {}, 2e-5, 1e-5, "aesthetics", aes)
+    assert (r.options, r.settings) == ({}, {})
+    r = resolve_recipe("instance", "auto", "auto", 1, {}, 2e-5, 1e-5, "aesthetics", aes)  # KTO fallback: no pairs
+    assert (r.builder, r.options, r.settings) == ("unpaired", {"threshold": "batch_median"}, KTO_RECIPE)
+    assert resolve_recipe("instance", "auto", "auto", 4, {}, 2e-5, 1e-5, "clap_score", aes).settings == {}
+    assert REWARD_RECIPES["aesthetics"] == aes["aesthetics"] and REWARD_RECIPES["clap_score"] == own["clap_score"]
     r = resolve_recipe("dist_to_dist", "greedy", "kto", 4, {"size": 3})
     assert (r.builder, r.loss, r.options, r.chosen) == ("greedy", "kto", {"size": 3}, False)
     # the set-reward recipe's learning rate applies with an auto builder only

@@ -28,7 +28,7 @@ from dragontune.dragon.builders import build_demonstrations, validate_combinatio
 from dragontune.dragon.health import LearningMonitor
 from dragontune.dragon.losses import diffusion_dpo_loss, diffusion_kto_loss
 from dragontune.dragon.pool import FeaturePool, PoolConfig
-from dragontune.dragon.recipes import REWARD_LR, recipe_of_config
+from dragontune.dragon.recipes import REWARD_RECIPES, recipe_of_config
 from dragontune.errors import ConfigError, DataError
 from dragontune.generate import SamplerConfig, generate_latents, generate_latents_cached
 from dragontune.dragon.accumulate import step_gradient
@@ -75,7 +75,8 @@ class DragonConfig:
     builder: str = "auto"              # paired | unpaired | pool | loo | greedy | split | auto
     set_reward_lr: float = 2e-5        # lr of the set-reward recipe (builder auto, dist_to_dist reward); 0 = optim.lr
     kto_lr: float = 1e-5               # lr of the KTO recipe (loss auto with k_per_prompt=1); 0 = optim.lr
-    reward_lr: dict = dataclasses.field(default_factory=lambda: dict(REWARD_LR))  # reward name -> lr of its recipe (builder auto); {} = none
+    # reward name -> its recipe entries (lr, batch_per_update, all_pairs, margin; builder auto); {} = none
+    reward_recipes: dict = dataclasses.field(default_factory=lambda: {k: dict(v) for k, v in REWARD_RECIPES.items()})
     builder_options: dict = dataclasses.field(default_factory=dict)
     pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)   # credit pool of builder=pool
     beta: float = 5000.0
@@ -234,7 +235,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     reward = build_reward(cfg.reward, ctx)
     watch = [build_reward(w, ctx) for w in cfg.watch]
     recipe = recipe_of_config(cfg, reward.reward_class)
-    if recipe.settings:  # the recipe's loss settings; config.yaml keeps what the user wrote (resume re-derives them)
+    if recipe.settings:  # the recipe's settings; config.yaml keeps what the user wrote (resume re-derives them)
         cfg = dataclasses.replace(cfg, **recipe.settings)
     builder, loss_name, builder_options = recipe.builder, recipe.loss, recipe.options
     lr = recipe.lr if recipe.lr is not None else cfg.optim.lr
@@ -266,7 +267,8 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
              "pool_size": cfg.pool.size if credit_pool is not None else 0, "lr": lr,
              "scores_latents": reward.scores_latents_of(policy.codec.id)}
     if cfg.batch_per_update % W:
-        raise ConfigError(f"batch_per_update={cfg.batch_per_update} must be divisible by the {W} processes")
+        via = f" (from reward_recipes.{reward.name})" if "batch_per_update" in recipe.settings else ""
+        raise ConfigError(f"batch_per_update={cfg.batch_per_update}{via} must be divisible by the {W} processes")
     log.info("DRAGON batch arithmetic: %s", json.dumps(arith))
     if dist.is_main():
         atomic_write_json(out / "batch_arithmetic.json", arith)
