@@ -24,8 +24,10 @@ default :data:`REWARD_RECIPES`), setting its ``lr``, its ``batch_per_update`` an
 - ``aesthetics``: every pair of a prompt's four samples (``all_pairs``: up to 6 instead of best vs worst) and 32
   pairs per step instead of 8 (a round's training is ~15 % of its time). Chosen on the validation prompts (three
   training seeds: 69 % of prompts improved against 47 % for best vs worst at 8 pairs per step); on the test
-  prompts 72 % against 47 % (docs/results.md). The same change did not help ``clap_score`` (56 % against 54 %)
-  nor per-song FAD toward piano (one seed: 58 % against 80 %), so it is this reward's entry, not the class's.
+  prompts 72 % against 47 % (docs/results.md). For the rest of the class it was not chosen on validation
+  prompts, and on the test prompts (three seeds each) it was mixed: ``clap_score`` 56 % against 54 %, per-song
+  FAD codec/calm 83 % against 90 %, the other per-song FADs and the centroid 2-7 points higher; so it is this
+  reward's entry, not the class's.
 
 With one sample per prompt (``k_per_prompt=1``) pairs are impossible: ``auto`` then takes KTO with labels
 against the batch median instead of the paired DPO row, in the variant that kept learning here
