@@ -156,14 +156,42 @@ def test_resume_after_sigkill_mid_round_is_exact(env, tmp_path):
     assert [r.get("train/loss") for r in ra] == [r.get("train/loss") for r in rb]
 
 
-def test_frozen_reference_never_updated(env, tmp_path):
-    from dragontune.models.checkpoint import load_model
+def test_frozen_reference_never_updated(env, tmp_path, monkeypatch):
+    """After training, the reference's weights are the baseline's, tensor by tensor; and the loop's guard fires
+    when something does write into the reference (a forward hook that nudges one weight in place)."""
+    from dragontune.models.checkpoint import T2AModel, load_model
 
-    before = sha256_tensors(load_model(env["base"]).net.state_dict())
+    base = load_model(env["base"]).net.state_dict()
+    made = []
+    real_copy = T2AModel.copy_frozen
+
+    def recording_copy(self):
+        ref = real_copy(self)
+        made.append(ref)
+        return ref
+
+    monkeypatch.setattr(T2AModel, "copy_frozen", recording_copy)
     run(env, tmp_path / "run", rounds=1)
-    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["ref_unchanged"] for r in recs[1:])
-    assert sha256_tensors(load_model(env["base"]).net.state_dict()) == before
+    assert len(made) == 1
+    after = made[0].net.state_dict()
+    assert after.keys() == base.keys()
+    for k in base:
+        assert torch.equal(after[k], base[k]), k
+    assert sha256_tensors(load_model(env["base"]).net.state_dict()) == sha256_tensors(base)
+
+    def corrupting_copy(self):
+        ref = real_copy(self)
+        w = next(ref.net.parameters())
+
+        def nudge(*_):  # a bug that writes into the reference (returns None: the output is left alone)
+            w.data.add_(1e-3)
+
+        ref.net.register_forward_hook(nudge)
+        return ref
+
+    monkeypatch.setattr(T2AModel, "copy_frozen", corrupting_copy)
+    with pytest.raises(RuntimeError, match="frozen reference model changed"):
+        run(env, tmp_path / "run_corrupt", rounds=1)
 
 
 def test_round_prompts_and_seeds_are_deterministic():

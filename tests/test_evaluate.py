@@ -49,18 +49,28 @@ def test_wilson_hand_values():
         wilson_interval(11, 10)
 
 
-def test_wilson_matches_closed_form_grid():
+def test_wilson_inverts_the_score_test():
+    """The Wilson interval is the set of p the score test does not reject: (p_hat - p)^2 <= z^2 p (1 - p) / n.
+
+    Its ends are found here by root finding on that inequality (SciPy's brentq), not from the closed form.
+    """
+    from scipy.optimize import brentq
     from scipy.stats import norm
 
     z = float(norm.ppf(0.975))
     for n in (1, 3, 17, 200):
         for w in np.linspace(0, n, 7):
-            p = w / n
-            c = (p + z * z / (2 * n)) / (1 + z * z / n)
-            h = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+            p_hat = w / n
+            f = lambda p: (p_hat - p) ** 2 - z * z * p * (1 - p) / n  # noqa: E731  (<= 0 inside the interval)
+            inside = min(max(p_hat, 1e-13), 1 - 1e-13)  # f < 0 there, also at p_hat = 0 or 1
+            lo_ref = 0.0 if p_hat == 0 else brentq(f, 0.0, inside, xtol=1e-14)
+            hi_ref = 1.0 if p_hat == 1 else brentq(f, inside, 1.0, xtol=1e-14)
             lo, hi = wilson_interval(w, n, z)
-            assert lo == pytest.approx(max(0.0, c - h), abs=1e-12) and hi == pytest.approx(min(1.0, c + h), abs=1e-12)
-            assert 0.0 <= lo <= p <= hi <= 1.0
+            assert lo == pytest.approx(lo_ref, abs=1e-10) and hi == pytest.approx(hi_ref, abs=1e-10), (w, n)
+            # just outside each end the test rejects, just inside it does not
+            for end, step in ((lo, -1e-6), (hi, 1e-6)):
+                if 0.0 < end < 1.0:
+                    assert f(end + step) > 0 > f(end - step)
 
 
 def test_instance_win_rate_ties_count_half_and_nan_dropped():
