@@ -27,13 +27,14 @@ from dragontune.data.dataset import filter_rows, load_metadata
 from dragontune.generate import SamplerConfig, generate_latents
 from dragontune.models.checkpoint import load_model
 
-SETTINGS = [  # (sampler, steps, cfg, cfg_rescale)
-    ("dpmpp_2m", 40, 1.0, 0.0),
-    ("dpmpp_2m", 12, 4.0, 1.0),
-    ("dpmpp_2m", 40, 4.0, 1.0),
-    ("dpmpp_2m", 100, 4.0, 1.0),
-    ("euler", 40, 4.0, 1.0),
-    ("heun", 40, 4.0, 1.0),
+SETTINGS = [  # (sampler, steps, cfg, cfg_rescale, sigma_min)
+    ("dpmpp_2m", 40, 1.0, 0.0, 0.002),
+    ("dpmpp_2m", 12, 4.0, 1.0, 0.002),
+    ("dpmpp_2m", 40, 4.0, 1.0, 0.002),
+    ("dpmpp_2m", 100, 4.0, 1.0, 0.002),
+    ("dpmpp_2m", 40, 4.0, 1.0, 0.05),
+    ("euler", 40, 4.0, 1.0, 0.002),
+    ("heun", 40, 4.0, 1.0, 0.002),
 ]
 DECODER_VARIANTS = [{}, {"griffin_lim_iters": 128}, {"gl_momentum": 0.0}, {"inverse": "pinv"}, {"init_phase": "zero"}]
 
@@ -41,6 +42,13 @@ DECODER_VARIANTS = [{}, {"griffin_lim_iters": 128}, {"gl_momentum": 0.0}, {"inve
 def frame_log_energy(z: torch.Tensor, codec) -> torch.Tensor:
     """``[B, F]`` log of each frame's total mel energy."""
     return torch.logsumexp(z / codec.scale + codec.shift, dim=1)
+
+
+def cap_frame_energy(z: torch.Tensor, codec, top: float) -> torch.Tensor:
+    """Latents whose frames are scaled down (all bands alike) so that no frame's log energy exceeds ``top``."""
+    logmel = z / codec.scale + codec.shift
+    over = (torch.logsumexp(logmel, dim=1, keepdim=True) - top).clamp(min=0.0)
+    return (logmel - over - codec.shift) * codec.scale
 
 
 def describe(z: torch.Tensor, audio: torch.Tensor, codec) -> str:
@@ -79,13 +87,14 @@ def main():
     print("|---" + HEAD[1])
     print(f"| corpus clips through the codec | {describe(z_real, codec.decode(z_real), codec)} |")
     kept = None
-    for sampler, steps, cfg, phi in SETTINGS:
+    for sampler, steps, cfg, phi, sigma_min in SETTINGS:
         t0 = time.time()
-        z = generate_latents(model, prompts, seeds, SamplerConfig(steps=steps, sampler=sampler, cfg=cfg,
-                                                                  cfg_rescale=phi, batch_size=32), disable=True)
-        name = f"{sampler}, {steps} steps, cfg {cfg:g}, rescale {phi:g} ({time.time() - t0:.0f} s)"
+        z = generate_latents(model, prompts, seeds, SamplerConfig(steps=steps, sampler=sampler, cfg=cfg, cfg_rescale=phi,
+                                                                  sigma_min=sigma_min, batch_size=32), disable=True)
+        name = (f"{sampler}, {steps} steps, cfg {cfg:g}, rescale {phi:g}, sigma_min {sigma_min:g} "
+                f"({time.time() - t0:.0f} s)")
         print(f"| {name} | {describe(z, codec.decode(z), codec)} |", flush=True)
-        if (sampler, steps, cfg, phi) == ("dpmpp_2m", 40, 4.0, 1.0):
+        if (sampler, steps, cfg, phi, sigma_min) == ("dpmpp_2m", 40, 4.0, 1.0, 0.002):
             kept = z
 
     print("\nThe dpmpp_2m, 40 steps, cfg 4, rescale 1 latents through decoder variants (corpus clips alongside):\n")
@@ -96,8 +105,23 @@ def main():
         real_clipped = float((c2.decode(z_real).abs() > 1.0).float().mean())
         print(f"| {kw or 'default'} | {describe(kept, c2.decode(kept), codec)} | {100 * real_clipped:.2f} % |",
               flush=True)
+    # a cap at the loudest frame of the corpus's training clips (every 4th, up to 320)
+    train = filter_rows(meta, {"split": "train"})[::4][:320]
+    z_train = codec.encode(torch.stack([fit_length(load_audio(f"{args.corpus}/{r['file']}", sr), T) for r in train]))
+    top = float(frame_log_energy(z_train, codec).max())
+    share = float((frame_log_energy(kept, codec) > top).float().mean())
+    capped = cap_frame_energy(kept, codec, top)
+    print(f"| default, frames capped at the corpus's loudest ({top:.2f} nats, {len(train)} training clips; "
+          f"{100 * share:.2f} % of generated frames above) | {describe(capped, codec.decode(capped), codec)} | |")
     smooth = torch.nn.functional.avg_pool1d(kept, 3, 1, 1, count_include_pad=False)
     print(f"| default, latents averaged over 3 frames | {describe(smooth, codec.decode(smooth), codec)} | |")
+    # where the rises sit relative to the DiT's patches
+    patch = getattr(getattr(model.spec, "model", None), "patch_size", None)
+    if patch:
+        e = frame_log_energy(kept, codec)
+        at = ((e[:, 1:] - e[:, :-1]) > 1.0).nonzero()[:, 1] + 1
+        print(f"\nrises > 1 nat by frame position modulo the patch size {patch}: "
+              f"{torch.bincount(at % patch, minlength=patch).tolist()}")
 
 
 if __name__ == "__main__":
