@@ -160,6 +160,7 @@ def check_finetune(cfg) -> None:
     """Every value of a :class:`DragonConfig` (no model, corpus or reward is loaded)."""
     from dragontune.dragon.builders import BUILDERS, LOSSES
     from dragontune.dragon.losses import KTO_REFERENCES, KTO_UTILITIES
+    from dragontune.dragon.objectives import KTO_NOISE
     from dragontune.dragon.recipes import AUTO
 
     _common(cfg)
@@ -173,7 +174,7 @@ def check_finetune(cfg) -> None:
     one_of("builder", cfg.builder, (*BUILDERS, AUTO))
     one_of("kto_reference", cfg.kto_reference, KTO_REFERENCES)
     one_of("kto_utility", cfg.kto_utility, KTO_UTILITIES)
-    one_of("kto_noise", cfg.kto_noise, ("independent", "paired", "shared"))
+    one_of("kto_noise", cfg.kto_noise, KTO_NOISE)
     at_least("set_reward_lr", cfg.set_reward_lr, 0, "0 = optim.lr for set rewards too")
     at_least("kto_lr", cfg.kto_lr, 0, "0 = optim.lr for the KTO recipe too")
     _check_reward_recipes(cfg.reward_recipes)

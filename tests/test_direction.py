@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dragontune.dragon.builders import build_demonstrations
-from dragontune.dragon.loop import DragonConfig, _train_round
+from dragontune.dragon.loop import DragonConfig, RoundData, Training, _train_round
+from dragontune.dragon.objectives import objective_for
 from dragontune.dragon.pool import FeaturePool
 from dragontune.models.checkpoint import load_model
 from dragontune.models.edm import denoising_loss
@@ -145,8 +146,11 @@ def _check_training_direction(env, tmp_path, builder, loss, extra=()):
         cfg = _cfg(loss, tmp_path / f"{builder}-{loss}-{swap}", extra)
         opt = torch.optim.Adam(policy.net.parameters(), lr=cfg.optim.lr)
         d = _demos(env, builder, loss, swap=swap)
+        training = Training(policy, reference, opt, objective_for(loss, cfg), cfg.optim.lr, bf16=False)
+        n = len(env["prompts"])
         for rnd in (1, 2):
-            stats = _train_round(cfg, loss, cfg.optim.lr, policy, reference, opt, d, env["lat"], env["prompts"], rnd, False)
+            data = RoundData(rnd, env["prompts"], list(range(n)), torch.zeros(n, dtype=torch.bool), env["lat"], demos=d)
+            stats = _train_round(cfg, training, data)
         after = _preference(policy, reference, env["lat"], env["prompts"], env["good"])
         assert sign * after > 0, (builder, loss, swap, after, stats)
         assert 0.0 <= stats["train/saturated"] <= 1.0 and stats["train/grad_norm"] >= 0

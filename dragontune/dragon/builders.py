@@ -86,6 +86,18 @@ class Demonstrations:
     def is_empty(self) -> bool:
         return self.n == 0
 
+    def per_sample(self, n: int) -> tuple[torch.Tensor, list[int | None]]:
+        """``(label [n] int64, pair [n])`` for a record of all ``n`` samples: +1 in D+ (a pair's winner), −1 in D−
+        (its loser), 0 unused; ``pair[j]`` the index of sample j's pair, or None (always None for labels)."""
+        pair_of: list[int | None] = [None] * n
+        if self.pairs is None:
+            return self.labels.long(), pair_of
+        label = torch.zeros(n, dtype=torch.int64)
+        for p, (w, l) in enumerate(self.pairs.tolist()):
+            label[w], label[l] = 1, -1
+            pair_of[w] = pair_of[l] = p
+        return label, pair_of
+
     def kto_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(indices, desirable)`` of the labelled samples, ascending index, for ``diffusion_kto_loss``."""
         if self.labels is None:

@@ -9,6 +9,7 @@ several rounds" into one warning that names the knobs.
 
 from __future__ import annotations
 
+from dragontune.dragon.objectives import OBJECTIVES
 from dragontune.utils import log
 
 
@@ -29,12 +30,7 @@ class LearningMonitor:
         self.warned = False
 
     def knobs(self) -> str:
-        if self.loss == "kto":
-            return ("the KTO recipe's settings kto_utility=log_sigmoid (keeps a gradient for samples on the wrong "
-                    "side of the reference point), kto_reference=mean (keeps the terms centred when the policy "
-                    "drifts on every sample), kto_noise=shared (the reference point at the samples' own noise "
-                    "draw) and optim.lr=1e-5, or a lower beta")
-        return "a lower optim.lr or beta (the pairs are already separated by a wide margin)"
+        return OBJECTIVES[self.loss].stall_advice
 
     def update(self, rnd: int, stats: dict) -> dict:
         """Record one round's ``train/*`` statistics; returns the monitor's fields for metrics.jsonl."""

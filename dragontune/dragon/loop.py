@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from dragontune import dist
-from dragontune.dragon.builders import build_demonstrations, validate_combination
+from dragontune.dragon.builders import Demonstrations, build_demonstrations, validate_combination
 from dragontune.dragon.health import LearningMonitor
-from dragontune.dragon.losses import diffusion_dpo_loss, diffusion_kto_loss
+from dragontune.dragon.objectives import PreferenceObjective, objective_for
 from dragontune.dragon.pool import FeaturePool, PoolConfig
 from dragontune.dragon.recipes import REWARD_RECIPES, recipe_of_config
 from dragontune.errors import ConfigError, DataError
@@ -199,7 +199,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
     device = dist.local_device(device)
-    R, W = dist.rank(), dist.world()
+    rank, world = dist.rank(), dist.world()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if dist.is_main():  # rank 0 owns the run folder: lock, identity check, config.yaml
@@ -209,14 +209,14 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     dist.barrier()
     out = run.path
     use_bf16 = (cfg.precision == "bf16") or (cfg.precision == "auto" and device.type == "cuda")
-    K, P = cfg.k_per_prompt, cfg.prompts_per_round
-    N = P * K
-    if K < 1 or P < 1:
-        raise ConfigError(f"k_per_prompt={K} and prompts_per_round={P} must be >= 1")
+    per_prompt, n_prompts = cfg.k_per_prompt, cfg.prompts_per_round
+    n_samples = n_prompts * per_prompt
+    if per_prompt < 1 or n_prompts < 1:
+        raise ConfigError(f"k_per_prompt={per_prompt} and prompts_per_round={n_prompts} must be >= 1")
     if not 0.0 <= cfg.p_reference <= 1.0:
         raise ConfigError(f"p_reference={cfg.p_reference} must be in [0, 1]")
-    if cfg.batch_per_update < W:
-        raise ConfigError(f"batch_per_update={cfg.batch_per_update} is smaller than the {W} processes")
+    if cfg.batch_per_update < world:
+        raise ConfigError(f"batch_per_update={cfg.batch_per_update} is smaller than the {world} processes")
     from dragontune.models.loading import load_diffusion_model
     from dragontune.models.lora import add_lora, make_reference
 
@@ -239,7 +239,8 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         cfg = dataclasses.replace(cfg, **recipe.settings)
     builder, loss_name, builder_options = recipe.builder, recipe.loss, recipe.options
     lr = recipe.lr if recipe.lr is not None else cfg.optim.lr
-    validate_combination(reward.reward_class, builder, loss_name, K, builder_options)
+    validate_combination(reward.reward_class, builder, loss_name, per_prompt, builder_options)
+    objective = objective_for(loss_name, cfg)
     if recipe.chosen:
         log.info("recipe for a %s reward: %s", reward.reward_class, recipe.describe())
     if recipe.warning:
@@ -258,17 +259,18 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         log.info("resumed after round %d", start) if start else log.info("--resume: no checkpoint yet; from round 0")
     if dist.is_main():
         run.truncate_metrics("round", start if start > 0 else -1)  # round 0 is written again when start is 0
-    arith = {"processes": W, "prompts_per_round": P, "k_per_prompt": K, "samples_per_round": N,
-             "samples_per_process": math.ceil(N / W), "updates_per_round": cfg.updates_per_round,
-             "batch_per_update": cfg.batch_per_update, "batch_per_process": cfg.batch_per_update // W,
+    arith = {"processes": world, "prompts_per_round": n_prompts, "k_per_prompt": per_prompt,
+             "samples_per_round": n_samples, "samples_per_process": math.ceil(n_samples / world),
+             "updates_per_round": cfg.updates_per_round,
+             "batch_per_update": cfg.batch_per_update, "batch_per_process": cfg.batch_per_update // world,
              "demo_steps": cfg.sampler.steps, "eval_steps": cfg.eval_sampler.steps,
              "reward": reward.name, "reward_class": reward.reward_class, "builder": builder, "loss": loss_name,
              "builder_options": builder_options, "recipe": recipe.describe() if recipe.chosen else "explicit",
              "pool_size": cfg.pool.size if credit_pool is not None else 0, "lr": lr,
              "scores_latents": reward.scores_latents_of(policy.codec.id)}
-    if cfg.batch_per_update % W:
+    if cfg.batch_per_update % world:
         via = f" (from reward_recipes.{reward.name})" if "batch_per_update" in recipe.settings else ""
-        raise ConfigError(f"batch_per_update={cfg.batch_per_update}{via} must be divisible by the {W} processes")
+        raise ConfigError(f"batch_per_update={cfg.batch_per_update}{via} must be divisible by the {world} processes")
     log.info("DRAGON batch arithmetic: %s", json.dumps(arith))
     if dist.is_main():
         atomic_write_json(out / "batch_arithmetic.json", arith)
@@ -276,8 +278,8 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
     def generate(prompts: list[str], seeds: list[int], from_ref: torch.Tensor) -> torch.Tensor:
         """This rank's stripe from the policy or the reference per sample, then the full set on every rank."""
         n = len(prompts)
-        owners = torch.arange(n) % W
-        mine = (owners == R).nonzero().flatten()
+        owners = torch.arange(n) % world
+        mine = (owners == rank).nonzero().flatten()
         lat_mine = torch.zeros((len(mine),) + policy.latent_shape)
         for src, model in ((False, policy), (True, reference)):
             sel = [i for i, j in enumerate(mine.tolist()) if bool(from_ref[j]) == src]
@@ -315,7 +317,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         g = gen_for(cfg.seed, "pool-warmup")
         w_prompts = [pool_prompts[int(i)] for i in torch.randint(len(pool_prompts), (n_w,), generator=g)]
         w_seeds = [derived_seed(cfg.seed, "pool-warmup", j) for j in range(n_w)]
-        if cfg.pool.cache_dir and W == 1:  # the baseline's generations: the same for every reward
+        if cfg.pool.cache_dir and world == 1:  # the baseline's generations: the same for every reward
             w_lat = generate_latents_cached(reference, cfg.baseline or None, w_prompts, w_seeds, cfg.sampler,
                                             cfg.pool.cache_dir)
         else:
@@ -325,16 +327,17 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
             cfg.pool.check_budget(w_feats.nbytes() / max(1, w_feats.n), "these features")
             credit_pool.push(w_feats)
             log.info("credit pool: %d reference generations in %.1f s", len(credit_pool), time.time() - t0)
-    monitor = LearningMonitor(loss_name)
+    monitor = LearningMonitor(objective.name)
+    training = Training(policy, reference, opt, objective, lr, use_bf16)
     skipped = 0
     bar = tqdm(total=cfg.rounds, initial=start, desc="dragon", dynamic_ncols=True, disable=None if dist.is_main() else True)
     for rnd in range(start + 1, cfg.rounds + 1):
         t0 = time.time()
         # ---- 1. prompts, seeds, sources (identical on every rank)
-        prompts = [p for p in round_prompts(pool_prompts, cfg.seed, rnd, P) for _ in range(K)]
-        groups = torch.arange(P).repeat_interleave(K)
-        seeds = [derived_seed(cfg.seed, "sample", rnd, j) for j in range(N)]
-        from_ref = torch.rand(N, generator=gen_for(cfg.seed, "source", rnd)) < cfg.p_reference
+        prompts = [p for p in round_prompts(pool_prompts, cfg.seed, rnd, n_prompts) for _ in range(per_prompt)]
+        groups = torch.arange(n_prompts).repeat_interleave(per_prompt)
+        seeds = [derived_seed(cfg.seed, "sample", rnd, j) for j in range(n_samples)]
+        from_ref = torch.rand(n_samples, generator=gen_for(cfg.seed, "source", rnd)) < cfg.p_reference
         # ---- 2. generate this rank's stripe, then gather the full set
         latents = generate(prompts, seeds, from_ref)
         t1 = time.time()
@@ -367,10 +370,10 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
             rec["decoded"] = batch.n_decoded > 0
             n_nan = int(torch.isnan(scores).sum())
             rec["n_nan_dropped"] = n_nan
-            if n_nan == N:
+            if n_nan == n_samples:
                 skipped += 1
                 log.warning("round %d: the reward returned NaN for all %d samples; round skipped (%d so far)",
-                            rnd, N, skipped)
+                            rnd, n_samples, skipped)
             else:
                 set_score = None
                 if builder in ("greedy", "split"):
@@ -389,8 +392,9 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         t2 = time.time()
         _fault_point(rnd, "score")
         # ---- 5. train
+        data = RoundData(rnd, prompts, seeds, from_ref, latents, scores, credit, demos)
         if demos is not None:
-            stats = _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, prompts, rnd, use_bf16)
+            stats = _train_round(cfg, training, data)
             rec.update(stats)
             rec.update({f"demo/{k}": v for k, v in demos.info.items() if isinstance(v, (int, float))})
             if dist.is_main():
@@ -398,7 +402,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         t3 = time.time()
         rec.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2})
         if dist.is_main() and cfg.write_demos:
-            _write_demos(out, rnd, prompts, seeds, from_ref, cfg.sampler.steps, scores, credit, demos, latents)
+            _write_demos(out, data, cfg.sampler.steps)
         # ---- 6. evaluate, log, checkpoint
         if (cfg.eval_every > 0 and rnd % cfg.eval_every == 0) or rnd == cfg.rounds:
             rec.update(evaluate(policy))
@@ -431,71 +435,71 @@ def _fault_point(rnd: int, where: str) -> None:
     fault_point(f"{rnd}:{where}")
 
 
-def _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, prompts, rnd, use_bf16) -> dict:
+@dataclasses.dataclass
+class RoundData:
+    """One round's generations and what the reward made of them: what training and the demo record take."""
+
+    index: int
+    prompts: list[str]                  # one per sample (each prompt K times)
+    seeds: list[int]
+    from_reference: torch.Tensor        # [N] bool: generated by the frozen reference
+    latents: torch.Tensor               # [N, C, F], the full gathered set, CPU
+    scores: torch.Tensor | None = None  # [N] reward (rank 0 only)
+    credit: torch.Tensor | None = None  # [N] set-reward credit (rank 0 only; None for per-sample rewards)
+    demos: Demonstrations | None = None
+
+
+@dataclasses.dataclass
+class Training:
+    """What the optimiser steps of every round share."""
+
+    policy: object
+    reference: object
+    optimizer: torch.optim.Optimizer
+    objective: PreferenceObjective
+    lr: float
+    bf16: bool
+
+
+def _train_round(cfg, training: Training, data: RoundData) -> dict:
     """M optimiser steps on this round's demonstrations; returns averaged statistics."""
-    R, W = dist.rank(), dist.world()
-    device = policy.device
-    g = gen_for(cfg.seed, "train", rnd)
-    if demos.pairs is not None:
-        items = demos.pairs
-    else:
-        idx, desirable = demos.kto_inputs()
-        items = torch.stack([idx, desirable.long()], dim=1)
+    rank, world = dist.rank(), dist.world()
+    policy, objective, opt = training.policy, training.objective, training.optimizer
+    g = gen_for(cfg.seed, "train", data.index)
+    items = objective.items(data.demos)
     n_items = items.shape[0]
-    B = cfg.batch_per_update
-    order = torch.cat([torch.randperm(n_items, generator=g) for _ in range(math.ceil(cfg.updates_per_round * B / n_items))])
+    per_step = cfg.batch_per_update
+    order = torch.cat([torch.randperm(n_items, generator=g)
+                       for _ in range(math.ceil(cfg.updates_per_round * per_step / n_items))])
     acc: dict[str, list[float]] = {}
     policy.trainable.train()
     params = list(policy.parameters())
     for m in range(cfg.updates_per_round):
-        chunk = items[order[m * B:(m + 1) * B]]
+        chunk = items[order[m * per_step:(m + 1) * per_step]]
         b = chunk.shape[0]
-        # shared randomness for the whole step, drawn identically on every rank, then striped
+        # shared randomness for the whole step, drawn identically on every rank, arranged, then striped
         sigma = policy.train_sigma(b, g, cfg.p_mean, cfg.p_std)
-        noise = torch.randn((b,) + tuple(latents.shape[1:]), generator=g)
+        noise = torch.randn((b,) + tuple(data.latents.shape[1:]), generator=g)
         drop = torch.rand(b, generator=g) < cfg.cond_dropout
-        if demos.pairs is None and cfg.kto_noise == "paired":
-            # k-th D+ and k-th D- sample of the step share sigma, noise and dropout, as the two members of a
-            # DPO pair do: their implicit rewards then differ by what the samples are, not by the noise draw
-            lab = chunk[:, 1].bool()
-            slot = torch.where(lab, torch.cumsum(lab.long(), 0) - 1, torch.cumsum((~lab).long(), 0) - 1)
-            sigma, noise, drop = sigma[slot], noise[slot], drop[slot]
-        elif demos.pairs is None and cfg.kto_noise == "shared":
-            # every sample of the step at one sigma and one noise draw: the batch-mean reference point z is then
-            # measured at the noise level of the samples it is compared with, not averaged over unrelated levels
-            zero = torch.zeros(b, dtype=torch.long)
-            sigma, noise, drop = sigma[zero], noise[zero], drop[zero]
-        sl = torch.arange(b)[torch.arange(b) % W == R]
-        chunk, sigma, noise, drop = chunk[sl], sigma[sl], noise[sl], drop[sl]
-        if demos.pairs is not None:
-            ids = torch.cat([chunk[:, 0], chunk[:, 1]])
-            sig, nz, dr = sigma.repeat(2), noise.repeat(2, 1, 1), drop.repeat(2)
-        else:
-            ids, sig, nz, dr = chunk[:, 0], sigma, noise, drop
-        x0 = latents[ids].to(device)
-        cond = policy.drop_condition(policy.cond([prompts[int(i)] for i in ids]), dr.to(device))
-        sig, nz = sig.to(device), nz.to(device)
-        if demos.pairs is not None:
-            def loss_fn(err_pol, err_ref):
-                h = err_pol.shape[0] // 2
-                return diffusion_dpo_loss(err_pol[:h], err_pol[h:], err_ref[:h], err_ref[h:], beta=cfg.beta)
-        else:
-            def loss_fn(err_pol, err_ref, desirable=chunk[:, 1].bool().to(device)):
-                return diffusion_kto_loss(err_pol, err_ref, desirable, beta=cfg.beta,
-                                          w_desirable=cfg.kto_w_desirable, w_undesirable=cfg.kto_w_undesirable,
-                                          reference=cfg.kto_reference, utility=cfg.kto_utility)
-        step = (rnd - 1) * cfg.updates_per_round + m + 1
+        sigma, noise, drop = objective.arrange(chunk, sigma, noise, drop)
+        mine = torch.arange(b)[torch.arange(b) % world == rank]
+        chunk = chunk[mine]
+        ids, sigma, noise, drop = objective.samples(chunk, sigma[mine], noise[mine], drop[mine])
+        x0 = data.latents[ids].to(policy.device)
+        cond = policy.drop_condition(policy.cond([data.prompts[int(i)] for i in ids]), drop.to(policy.device))
+        step = (data.index - 1) * cfg.updates_per_round + m + 1
         for grp in opt.param_groups:
-            grp["lr"] = lr * min(1.0, step / max(1, cfg.optim.warmup_steps))
+            grp["lr"] = training.lr * min(1.0, step / max(1, cfg.optim.warmup_steps))
         opt.zero_grad(set_to_none=True)
-        loss, st = step_gradient(policy, reference, x0, nz, sig, cond, loss_fn, cfg.micro_batch, use_bf16)
+        loss, st = step_gradient(policy, training.reference, x0, noise.to(policy.device), sigma.to(policy.device),
+                                 cond, objective.chunk_loss(chunk, policy.device), cfg.micro_batch, training.bf16)
         dist.average_gradients(params)
         # the norm before clipping is what is logged; grad_clip <= 0 means no clipping
         gn = torch.nn.utils.clip_grad_norm_(params,
                                             cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
         opt.step()
         if m == 0:
-            _fault_point(rnd, "train")
+            _fault_point(data.index, "train")
         st = dict(st)
         st["grad_norm"] = float(gn)
         st["loss"] = float(loss.detach())
@@ -504,28 +508,23 @@ def _train_round(cfg, loss_name, lr, policy, reference, opt, demos, latents, pro
                 acc.setdefault(k, []).append(float(v))
     local = {f"train/{k}": nanmean(torch.tensor(v, dtype=torch.float64)) for k, v in acc.items()}
     # the logged statistics are the run's, not rank 0's: counts summed over ranks, the rest averaged
-    return dist.reduce_stats(local, sum_keys=frozenset({"train/n_pairs", "train/n_pos", "train/n_neg"}))
+    return dist.reduce_stats(local, sum_keys=frozenset(f"train/{k}" for k in objective.count_keys))
 
 
-def _write_demos(out: Path, rnd, prompts, seeds, from_ref, steps, scores, credit, demos, latents) -> None:
-    d = out / "demos"
-    label = torch.zeros(len(prompts), dtype=torch.int64)
-    pair_of = [None] * len(prompts)
-    if demos is not None and demos.pairs is not None:
-        for p, (w, l) in enumerate(demos.pairs.tolist()):
-            label[w], label[l] = 1, -1
-            pair_of[w] = pair_of[l] = p
-    elif demos is not None:
-        label = demos.labels.long()
+def _write_demos(out: Path, data: RoundData, steps: int) -> None:
+    n = len(data.prompts)
+    label, pair_of = data.demos.per_sample(n) if data.demos is not None else (torch.zeros(n, dtype=torch.int64),
+                                                                              [None] * n)
     rows = []
-    for j in range(len(prompts)):
+    for j in range(n):
         rows.append({
-            "index": j, "prompt": prompts[j], "seed": seeds[j],
-            "source": "reference" if bool(from_ref[j]) else "policy", "steps": steps,
-            "reward": _f(scores[j]), "credit": _f(credit[j]) if credit is not None else None,
+            "index": j, "prompt": data.prompts[j], "seed": data.seeds[j],
+            "source": "reference" if bool(data.from_reference[j]) else "policy", "steps": steps,
+            "reward": _f(data.scores[j]), "credit": _f(data.credit[j]) if data.credit is not None else None,
             "label": int(label[j]), "pair": pair_of[j],
         })
-    write_demo_record(d, f"round-{rnd:04d}", {"latents": latents}, {"round": str(rnd)}, rows)
+    write_demo_record(out / "demos", f"round-{data.index:04d}", {"latents": data.latents}, {"round": str(data.index)},
+                      rows)
 
 
 def _f(v) -> float | None:
