@@ -5,10 +5,10 @@ better, or "no preference". From the counts ``wins`` (fine-tuned preferred), ``l
 and ``ties`` (no preference) :func:`preference_stats` gives
 
 * the **win rate** under a stated tie rule:
-  ``"half"`` (default, as in :func:`dragontune.evaluate.instance_win_rate`): a tie counts one half of a win,
+  ``"half"`` (default, as in :func:`dragontune.win_rates.instance_win_rate`): a tie counts one half of a win,
   so the rate is ``(wins + ties / 2) / (wins + losses + ties)``;
   ``"drop"`` (the sign test): ties are left out, the rate is ``wins / (wins + losses)``;
-* its **Wilson 95 % interval** (:func:`dragontune.evaluate.wilson_interval`, which accepts half counts) and
+* its **Wilson 95 % interval** (:func:`dragontune.win_rates.wilson_interval`, which accepts half counts) and
   its lower bound;
 * the **binomial p-value against 50 %**: two-sided (and one-sided "greater") exact binomial test of the
   success count ``s`` out of ``n``. With the half rule ``s`` can be a half-integer; the tail then uses the
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from dragontune.evaluate import wilson_interval
+from dragontune.win_rates import wilson_interval
 
 TIE_RULES = ("half", "drop")
 

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     from dragontune.config import load_config
     from dragontune.dragon.loop import DragonConfig
-    from dragontune.evaluate import (_decode, _load_pair, bootstrap_set_difference, build_suite, eval_seed,
-                                     load_prompts, suite_specs)
+    from dragontune.evaluate import _decode, _load_pair, build_suite, eval_seed, load_prompts, suite_specs
+    from dragontune.win_rates import bootstrap_set_difference
     from dragontune.generate import generate_latents_cached
     from dragontune.rewards.base import ScoringBatch
     from dragontune.rewards.registry import RewardContext
