@@ -52,8 +52,6 @@ def check_reward_spec(key: str, spec: Any, corpus: str | None = None) -> None:
     """What a reward spec names that can be checked without loading anything: a known reward name (also in
     weighted components) and exemplar folders and files that exist. ``corpus``: the run's own corpus folder,
     synthesised on first use, so it may be missing yet. Options are checked when the reward is built."""
-    from pathlib import Path
-
     from dragontune.rewards.registry import known_rewards
 
     if not isinstance(spec, dict) or not str(spec.get("name", "")).strip():
@@ -194,15 +192,15 @@ def check_finetune(cfg) -> None:
         if not isinstance(w, dict) or not str(w.get("name", "")).strip():
             raise _bad(f"watch[{i}]", w, "must be a mapping with a 'name'")
         check_reward_spec(f"watch[{i}]", w, cfg.data.corpus)
+    from dragontune.data.prompts import corpus_split
+
     for key in ("prompts", "eval_prompts"):
         v = getattr(cfg, key)
         if not str(v).strip() or (str(v).startswith("corpus:") and not str(v)[7:].strip()):
             raise _bad(key, v, "must be corpus:SPLIT or a text file with one prompt per line")
         if key == "eval_prompts" and cfg.eval_n_prompts == 0:
             continue  # not read
-        if not str(v).startswith("corpus:"):
-            from pathlib import Path
-
+        if corpus_split(v) is None:
             if not Path(str(v)).expanduser().is_file():
                 raise _bad(key, v, "must be corpus:SPLIT or a text file with one prompt per line",
                            f"no such file (relative paths start at {Path.cwd()})")

@@ -312,7 +312,8 @@ def cmd_train_aesthetics(args) -> int:
 
 def cmd_eval(args) -> int:
     from dragontune.checks import at_least, check_device, check_sampler
-    from dragontune.evaluate import evaluate_models, format_eval_table, load_prompts, unscored_reason
+    from dragontune.data.prompts import load_prompts
+    from dragontune.evaluate import evaluate_models, format_eval_table, unscored_reason
     from dragontune.generate import SamplerConfig
     from dragontune.utils import ensure_writable_dir
 

@@ -30,7 +30,8 @@ def demo_overrides(out: Path, corpus: str, quick: bool) -> list[str]:
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, corpus: str | None = None) -> Path:
     from dragontune.dragon.loop import DragonConfig, finetune
-    from dragontune.evaluate import evaluate_models, format_eval_table, load_prompts
+    from dragontune.data.prompts import load_prompts
+    from dragontune.evaluate import evaluate_models, format_eval_table
     from dragontune.report import write_report
     from dragontune.data.corpus import ensure_corpus
 

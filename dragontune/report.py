@@ -839,7 +839,7 @@ def write_report(run_dir: str | os.PathLike, eval_path: str | os.PathLike | None
 
 
 def _suite_order(names: list[str]) -> list[str]:
-    from dragontune.evaluate import DEFAULT_SUITE
+    from dragontune.rewards.suite import DEFAULT_SUITE
 
     known = [n for n, _ in DEFAULT_SUITE]
     return sorted(names, key=lambda n: (known.index(n) if n in known else len(known), names.index(n)))

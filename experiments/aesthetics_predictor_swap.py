@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 def main() -> None:
     from dragontune.dragon.loop import finetune
-    from dragontune.evaluate import evaluate_models, load_prompts
+    from dragontune.data.prompts import load_prompts
+    from dragontune.evaluate import evaluate_models
     from set_rewards import run_config, write_record
 
     ap = argparse.ArgumentParser()

@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     from dragontune.config import load_config
     from dragontune.dragon.loop import DragonConfig
-    from dragontune.evaluate import _decode, _load_pair, build_suite, eval_seed, load_prompts, suite_specs
+    from dragontune.data.prompts import load_prompts
+    from dragontune.evaluate import _decode, _load_pair
+    from dragontune.rewards.suite import build_suite, suite_specs
+    from dragontune.seeds import eval_seed
     from dragontune.win_rates import bootstrap_set_difference
     from dragontune.generate import generate_latents_cached
     from dragontune.rewards.base import ScoringBatch

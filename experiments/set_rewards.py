@@ -58,7 +58,9 @@ def run_config(run: Path, spec: dict, seed: int, builder: str, args):
 
 def train_and_eval(reward: str, seed: int, builder: str, args) -> dict:
     from dragontune.dragon.loop import finetune
-    from dragontune.evaluate import evaluate_models, load_prompts, suite_specs
+    from dragontune.data.prompts import load_prompts
+    from dragontune.evaluate import evaluate_models
+    from dragontune.rewards.suite import suite_specs
 
     run = run_dir(Path(args.out), reward, seed, builder)
     eval_dir = run / ("eval" if args.eval_split == "test" else f"eval_{args.eval_split}")

@@ -18,8 +18,8 @@ import argparse
 import numpy as np
 import torch
 
-from dragontune.data.corpus import DataConfig
-from dragontune.dragon.loop import load_prompt_pool
+from dragontune.data.corpus import DataConfig, ensure_corpus
+from dragontune.data.prompts import load_prompts
 from dragontune.generate import SamplerConfig, generate_latents
 from dragontune.models.loading import load_diffusion_model
 from dragontune.rewards.registry import build_reward, score_audio
@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_diffusion_model(None)
-    prompts = load_prompt_pool("corpus:train", DataConfig(corpus=args.corpus))[: args.n_prompts]
+    prompts = load_prompts("corpus:train", ensure_corpus(DataConfig(corpus=args.corpus)))[: args.n_prompts]
     n, k = len(prompts), args.k
     clip_prompts = [p for p in prompts for _ in range(k)]
     seeds = [1000 + i for i in range(len(clip_prompts))]

@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from dragontune.config import load_config
-from dragontune.dragon.loop import DragonConfig, derived_seed, finetune, gen_for, round_prompts
+from dragontune.dragon.loop import DragonConfig, finetune, round_prompts
+from dragontune.seeds import derived_seed, gen_for
 from dragontune.errors import CheckpointError, ConfigError, DataError, RewardError
 from dragontune.models.checkpoint import read_model_file
 from dragontune.utils import load_safetensors, sha256_tensors

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from dragontune.errors import CheckpointError, DataError, RewardError
-from dragontune.evaluate import DEFAULT_SUITE, eval_seed, evaluate_models, format_eval_table, load_prompts, suite_specs
+from dragontune.data.prompts import load_prompts
+from dragontune.evaluate import evaluate_models, format_eval_table
+from dragontune.rewards.suite import DEFAULT_SUITE, suite_specs
+from dragontune.seeds import eval_seed
 from dragontune.win_rates import instance_win_rate
 
 # ---------------------------------------------------------------------------------------------------------
@@ -196,7 +199,7 @@ def test_error_cases(tmp_path, corpus, models):
 
 
 def test_unavailable_rewards_skipped_or_raised(tmp_path, corpus, models):
-    from dragontune.evaluate import build_suite
+    from dragontune.rewards.suite import build_suite
     from dragontune.rewards.registry import RewardContext
 
     specs = [("bogus", {"name": "no_such_reward"}), ("vendi", {"name": "vendi", "encoder": "codec"})]

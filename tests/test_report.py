@@ -322,7 +322,7 @@ def test_suite_report(tmp_path):
     # mean over the diagonal; 2 of 3 intervals above 50 %
     assert f"{100 * (0.8 + 0.9 + 0.6) / 3:.1f}%" in page and "2 of 3 runs beat the baseline" in page
     rows = re.findall(r'<tr data-run="([^"]+)">(.*?)</tr>', page)
-    # rows and columns in the order of dragontune.evaluate.DEFAULT_SUITE: the diagonal runs down
+    # rows and columns in the order of dragontune.rewards.suite.DEFAULT_SUITE: the diagonal runs down
     order = ["per_song_fad/codec/piano", "fad/codec/piano", "vendi/codec"]
     assert [r for r, _ in rows] == [n.replace("/", "_") for n in order]
     for run_name, cells in rows:

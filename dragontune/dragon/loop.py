@@ -15,7 +15,6 @@ are averaged and the KTO reference point is reduced across processes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -29,15 +28,17 @@ from dragontune.dragon.health import LearningMonitor
 from dragontune.dragon.objectives import PreferenceObjective, objective_for
 from dragontune.dragon.pool import FeaturePool, PoolConfig
 from dragontune.dragon.recipes import REWARD_RECIPES, recipe_of_config
-from dragontune.errors import ConfigError, DataError
+from dragontune.errors import ConfigError
 from dragontune.generate import SamplerConfig, generate_latents, generate_latents_cached
 from dragontune.dragon.accumulate import step_gradient
 from dragontune.models.edm import P_MEAN, P_STD
 from dragontune.models.lora import LoraSettings
 from dragontune.rewards.base import ScoringBatch, nanmean
 from dragontune.data.corpus import DataConfig, ensure_corpus
+from dragontune.data.prompts import load_prompts
 from dragontune.optim import OptimConfig, flatten_optimizer, unflatten_optimizer
 from dragontune.rundir import fault_point, write_demo_record
+from dragontune.seeds import derived_seed, gen_for
 from dragontune.utils import atomic_write_json, log, resolve_device, sha256_tensors
 
 
@@ -106,32 +107,6 @@ class DragonConfig:
 
 # ----------------------------------------------------------------------------------------------------------
 # determinism helpers
-
-
-def derived_seed(*parts) -> int:
-    """A 63-bit seed from any parts (stable across processes, Python versions and batch sizes)."""
-    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:15], 16)
-
-
-def gen_for(*parts) -> torch.Generator:
-    return torch.Generator().manual_seed(derived_seed(*parts))
-
-
-def load_prompt_pool(spec: str, data: DataConfig) -> list[str]:
-    if spec.startswith("corpus:"):
-        from dragontune.data.dataset import filter_rows, load_metadata
-
-        split = spec.split(":", 1)[1]
-        rows = filter_rows(load_metadata(ensure_corpus(data)), {"split": split})
-        prompts = list(dict.fromkeys(r["caption"] for r in rows))
-    else:
-        p = Path(spec)
-        if not p.is_file():
-            raise DataError(f"prompt file {spec!r} does not exist; give corpus:train or a text file, one prompt per line")
-        prompts = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
-    if not prompts:
-        raise DataError(f"prompt pool {spec!r} is empty; it needs at least one non-empty prompt")
-    return prompts
 
 
 def round_prompts(pool: list[str], seed: int, rnd: int, n: int) -> list[str]:
@@ -230,7 +205,7 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         reference = make_reference(policy, ref_mode)
     if cfg.grad_checkpointing:
         policy.set_grad_checkpointing(True)
-    ensure_corpus(cfg.data)
+    corpus = ensure_corpus(cfg.data)
     ctx = RewardContext(codec=policy.codec, device=device)
     reward = build_reward(cfg.reward, ctx)
     watch = [build_reward(w, ctx) for w in cfg.watch]
@@ -245,8 +220,8 @@ def finetune(cfg: DragonConfig, resume: bool = False, stop_after_round: int | No
         log.info("recipe for a %s reward: %s", reward.reward_class, recipe.describe())
     if recipe.warning:
         log.warning("recipe: %s", recipe.warning)
-    pool_prompts = load_prompt_pool(cfg.prompts, cfg.data)
-    eval_pool = load_prompt_pool(cfg.eval_prompts, cfg.data)[: cfg.eval_n_prompts] if cfg.eval_n_prompts > 0 else []
+    pool_prompts = load_prompts(cfg.prompts, corpus)
+    eval_pool = load_prompts(cfg.eval_prompts, corpus, limit=cfg.eval_n_prompts) if cfg.eval_n_prompts > 0 else []
     credit_pool = FeaturePool(cfg.pool.size) if builder == "pool" and dist.is_main() else None  # rank 0 scores
     feat_dim = int(getattr(getattr(reward, "encoder", None), "dim", 0) or 0)
     if credit_pool is not None and feat_dim:
