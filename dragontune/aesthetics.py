@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from dragontune.errors import AudioError, CheckpointError, ConfigError, DataError, EncoderError
+from dragontune.metrics import rbf_kernel
 from dragontune.utils import dumps_strict, load_safetensors, log, save_safetensors_atomic
 
 __all__ = [
@@ -181,14 +182,9 @@ def srcc(pred: np.ndarray, target: np.ndarray) -> float:
 # heads
 
 
-def _rbf(za: torch.Tensor, zb: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    d2 = (za.square().sum(1)[:, None] + zb.square().sum(1)[None] - 2 * za @ zb.T).clamp(min=0.0)
-    return torch.exp(-d2 / (2 * bandwidth**2))
-
-
 def _fit_kernel_ridge(z: torch.Tensor, y: torch.Tensor, bandwidth: float, ridge: float) -> tuple[torch.Tensor, float]:
     mean = float(y.mean())
-    K = _rbf(z, z, bandwidth)
+    K = rbf_kernel(z, z, bandwidth)
     alpha = torch.linalg.solve(K + ridge * torch.eye(K.shape[0], dtype=K.dtype), y - mean)
     return alpha, mean
 
@@ -247,15 +243,15 @@ class _EncoderSpec:
     def build(self) -> Any:
         from dragontune.encoders.registry import get_encoder
 
-        ctx = None
-        if self.name == "clap-mini":
-            import dragontune.encoders.clap_mini  # noqa: F401  (registers "clap-mini")
+        from dragontune.rewards.registry import RewardContext
+
+        ctx = RewardContext(device="cpu")
         if self.name == "codec":
             from dragontune.codecs import LogMelCodec, codec_from_config
 
             codec = codec_from_config(self.codec) if self.codec else LogMelCodec()
             self.codec = codec.config()
-            ctx = type("_Ctx", (), {"codec": codec, "device": "cpu"})()
+            ctx = RewardContext(codec=codec, device="cpu")
         return get_encoder(self.name, ctx, **self.options)
 
 
@@ -308,7 +304,7 @@ class AestheticsPredictor:
                 zt, yt = self.params["train_z"].to(torch.float64), self.params["train_y"].to(torch.float64)
                 return _nw_predict(z, zt, yt, self.hyper["bandwidth"])
             if self.head == "kernel_ridge":
-                k = _rbf(z, self.params["train_z"].to(torch.float64), self.hyper["bandwidth"])
+                k = rbf_kernel(z, self.params["train_z"].to(torch.float64), self.hyper["bandwidth"])
                 return k @ self.params["alpha"].to(torch.float64) + self.hyper["y_mean"]
             if self._mlp is None:
                 m = _MLP(z.shape[1], int(self.hyper.get("hidden", 64)))
@@ -402,7 +398,7 @@ def _fit_head(head: str, z: torch.Tensor, y: torch.Tensor, zv: torch.Tensor, yv:
         for f in (0.25, 0.5, 1.0, 2.0, 4.0):
             for lam in (1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0):
                 a, m = _fit_kernel_ridge(z, y, med * f, lam)
-                pred = _rbf(zv, z, med * f) @ a + m
+                pred = rbf_kernel(zv, z, med * f) @ a + m
                 cands.append((float(((pred - yv) ** 2).mean()), med * f, lam))
         mse, h, lam = min(cands)
         a, m = _fit_kernel_ridge(z, y, h, lam)

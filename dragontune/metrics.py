@@ -329,6 +329,11 @@ def _rbf(d2: torch.Tensor, bw: torch.Tensor) -> torch.Tensor:
     return torch.exp(-d2 / (2 * bw * bw))
 
 
+def rbf_kernel(a: torch.Tensor, b: torch.Tensor, bandwidth: float | torch.Tensor) -> torch.Tensor:
+    """Gaussian RBF kernel matrix ``exp(-|a_i - b_j|^2 / (2 bandwidth^2))`` of ``a[n, d]`` and ``b[m, d]``."""
+    return _rbf(_sqdist(a, b), bandwidth)
+
+
 def kad(x: torch.Tensor, y: torch.Tensor, bandwidth: float | torch.Tensor | None = None,
         single_ok: bool = False) -> torch.Tensor:
     """Kernel audio distance: unbiased MMD^2 between samples ``x[n, d]`` and ``y[m, d]``.

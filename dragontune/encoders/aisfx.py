@@ -336,16 +336,8 @@ class AisfxEncoder(Encoder):
         return [self.forward_blocks(b) for b in self.spectrogram_blocks(audio, sample_rate)]
 
 
-def _factory(context: Any, **kwargs: Any) -> Encoder:
+def make_encoder(context: Any, **kwargs: Any) -> Encoder:
+    """The registry's factory (entry ``aisfx:make_encoder``): the context's device unless one is given."""
     if "device" not in kwargs and getattr(context, "device", None) is not None:
         kwargs["device"] = context.device
     return AisfxEncoder(**kwargs)
-
-
-def _register() -> None:
-    from dragontune.encoders.registry import register_encoder
-
-    register_encoder("aisfx", _factory, overwrite=True)
-
-
-_register()

@@ -243,18 +243,10 @@ class ClapHFEncoder(Encoder):
         return out
 
 
-def _factory(context: Any, **kwargs: Any) -> Encoder:
+def make_encoder(context: Any, **kwargs: Any) -> Encoder:
+    """The registry's factory (entry ``clap_hf:make_encoder``): the context's device unless one is given."""
     if "path" not in kwargs:
         raise EncoderError(f"encoder 'clap-hf' needs a path option: {_LAYOUT}")
     if "device" not in kwargs and getattr(context, "device", None) is not None:
         kwargs["device"] = context.device
     return ClapHFEncoder(**kwargs)
-
-
-def _register() -> None:
-    from dragontune.encoders.registry import register_encoder
-
-    register_encoder("clap-hf", _factory, overwrite=True)
-
-
-_register()

@@ -328,7 +328,8 @@ class ClapMiniEncoder(Encoder):
         return torch.cat(rows).cpu()
 
 
-def _clap_mini_factory(context: Any, **kwargs: Any) -> Encoder:
+def make_encoder(context: Any, **kwargs: Any) -> Encoder:
+    """The registry's factory (entry ``clap_mini:make_encoder``): the context's device unless one is given."""
     if "device" not in kwargs and getattr(context, "device", None) is not None:
         kwargs["device"] = context.device
     return ClapMiniEncoder(**kwargs)
@@ -512,13 +513,3 @@ def train_clap(
     save_safetensors_atomic(state, out, meta)
     log.info("clap-mini: wrote %s; %s", out, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
     return metrics
-
-
-def _register() -> None:
-    from dragontune.encoders.registry import _ENCODERS, register_encoder
-
-    if "clap-mini" not in _ENCODERS:
-        register_encoder("clap-mini", _clap_mini_factory)
-
-
-_register()

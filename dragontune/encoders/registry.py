@@ -1,9 +1,10 @@
 """Encoders by name: ``get_encoder(name, context, **kwargs)``.
 
 Built in: ``codec`` (the generator's own codec latents, needs ``context.codec``), ``vae`` (a Stable Audio
-model's Oobleck VAE encoder: the model's codec, or ``pipeline: FOLDER``) and ``musicnn``. Other
-modules add theirs with :func:`register_encoder`; names listed in ``_LAZY`` are imported on first use so
-their module can register itself.
+model's Oobleck VAE encoder: the model's codec, or ``pipeline: FOLDER``) and ``musicnn``. The encoders with
+heavier modules are explicit entries of ``_LAZY`` (``"module:factory"``): the module is imported on first use
+and its factory taken from it; importing a module registers nothing. Plugins add theirs with
+:func:`register_encoder`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,21 @@ from dragontune.errors import EncoderError
 EncoderFactory = Callable[..., Encoder]
 
 _ENCODERS: dict[str, EncoderFactory] = {}
-#: name -> module that registers it when imported
+#: name -> "module:factory" of the encoders whose module is imported on first use
 _LAZY: dict[str, str] = {
-    "aisfx": "dragontune.encoders.aisfx",
-    "clap-mini": "dragontune.encoders.clap_mini",
-    "clap-hf": "dragontune.encoders.clap_hf",
+    "aisfx": "dragontune.encoders.aisfx:make_encoder",
+    "clap-mini": "dragontune.encoders.clap_mini:make_encoder",
+    "clap-hf": "dragontune.encoders.clap_hf:make_encoder",
 }
+
+
+def load_entry(entry: str) -> Callable[..., Any]:
+    """The object named by ``"module:attribute"`` (``ImportError`` when the module or the attribute is missing)."""
+    module, _, attr = entry.partition(":")
+    obj = getattr(importlib.import_module(module), attr or "make", None)
+    if obj is None:
+        raise ImportError(f"{module} has no {attr or 'make'!r}")
+    return obj
 
 
 def register_encoder(name: str, factory: EncoderFactory, *, overwrite: bool = False) -> None:
@@ -41,7 +51,7 @@ def get_encoder(name: str, context: Any = None, **kwargs: Any) -> Encoder:
     """Build the encoder registered as ``name`` with ``kwargs`` (its constructor options)."""
     if name not in _ENCODERS and name in _LAZY:
         try:
-            importlib.import_module(_LAZY[name])
+            _ENCODERS[name] = load_entry(_LAZY[name])
         except ImportError as e:
             raise EncoderError(f"encoder {name!r} is not available in this installation ({e})") from None
     if name not in _ENCODERS:

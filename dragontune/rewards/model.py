@@ -30,7 +30,7 @@ from dragontune.audio import validate_audio
 from dragontune.encoders.base import Encoder
 from dragontune.errors import AudioError, ConfigError, DataError, EncoderError, RewardError
 from dragontune.rewards.base import Reward, RewardResult, ScoringBatch
-from dragontune.rewards.registry import RewardContext, _take, register_reward
+from dragontune.rewards.registry import RewardContext, check_options
 from dragontune.utils import log
 
 __all__ = ["ClapScoreReward", "TagScoreReward", "AestheticsReward", "SILENT_DBFS"]
@@ -222,21 +222,22 @@ class AestheticsReward(Reward):
 # -- registry factories -------------------------------------------------------------------------------------
 
 
-def _clap_score_factory(spec: dict, ctx: RewardContext) -> Reward:
-    _take(spec, {"encoder"}, "clap_score")
+def clap_score_factory(spec: dict, ctx: RewardContext) -> Reward:
+    """The registry's factory of ``clap_score`` (entry ``rewards.model:clap_score_factory``)."""
+    check_options(spec, {"encoder"}, "clap_score")
     enc_spec = spec.get("encoder", "clap-mini")
-    if enc_spec == "clap-mini" or (isinstance(enc_spec, dict) and enc_spec.get("name") == "clap-mini"):
-        import dragontune.encoders.clap_mini  # noqa: F401  (registers "clap-mini")
     return ClapScoreReward(ctx.encoder(enc_spec))
 
 
-def _tag_score_factory(spec: dict, ctx: RewardContext) -> Reward:
-    _take(spec, {"model", "temperature", "top_k", "text_encoder"}, "tag_score")
+def tag_score_factory(spec: dict, ctx: RewardContext) -> Reward:
+    """The registry's factory of ``tag_score`` (entry ``rewards.model:tag_score_factory``)."""
+    check_options(spec, {"model", "temperature", "top_k", "text_encoder"}, "tag_score")
     return TagScoreReward(**spec)
 
 
-def _aesthetics_factory(spec: dict, ctx: RewardContext) -> Reward:
-    _take(spec, {"path"}, "aesthetics")
+def aesthetics_factory(spec: dict, ctx: RewardContext) -> Reward:
+    """The registry's factory of ``aesthetics`` (entry ``rewards.model:aesthetics_factory``)."""
+    check_options(spec, {"path"}, "aesthetics")
     path = spec.get("path")
     if path is not None and ctx.base_dir is not None and not os.path.isabs(path):
         path = os.path.join(ctx.base_dir, path)
@@ -244,8 +245,3 @@ def _aesthetics_factory(spec: dict, ctx: RewardContext) -> Reward:
         return AestheticsReward(path=path)
     except DataError as e:
         raise RewardError(f"reward 'aesthetics': {e}") from None
-
-
-register_reward("clap_score", _clap_score_factory, overwrite=True)
-register_reward("tag_score", _tag_score_factory, overwrite=True)
-register_reward("aesthetics", _aesthetics_factory, overwrite=True)

@@ -15,14 +15,13 @@ or just a name. Model-based rewards (``aesthetics``, ``clap_score``) are registe
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from typing import Any, Callable, Mapping
 
 import torch
 
 from dragontune.encoders.base import Encoder
-from dragontune.encoders.registry import get_encoder
+from dragontune.encoders.registry import get_encoder, load_entry
 from dragontune.errors import RewardError
 from dragontune.rewards.base import Reward, RewardResult, ScoringBatch
 from dragontune.rewards.builtin import (
@@ -78,11 +77,11 @@ class RewardContext:
 RewardFactory = Callable[[dict, RewardContext], Reward]
 
 _REWARDS: dict[str, RewardFactory] = {}
-#: model-based rewards, filled by the module named here when it is imported (Encoders issue)
+#: model-based rewards: "module:factory", imported on first use (importing the module registers nothing)
 _LAZY: dict[str, str] = {
-    "aesthetics": "dragontune.rewards.model",
-    "clap_score": "dragontune.rewards.model",
-    "tag_score": "dragontune.rewards.model",
+    "aesthetics": "dragontune.rewards.model:aesthetics_factory",
+    "clap_score": "dragontune.rewards.model:clap_score_factory",
+    "tag_score": "dragontune.rewards.model:tag_score_factory",
 }
 
 
@@ -122,7 +121,8 @@ def known_rewards() -> list[str]:
     return sorted(set(_REWARDS) | set(_LAZY) | {"weighted"})
 
 
-def _take(spec: dict, allowed: set[str], name: str) -> None:
+def check_options(spec: dict, allowed: set[str], name: str) -> None:
+    """Refuse options of reward ``name`` outside ``allowed``, suggesting the closest allowed one."""
     unknown = sorted(set(spec) - allowed)
     if unknown:
         import difflib
@@ -142,7 +142,7 @@ def build_reward(spec: str | Mapping[str, Any], context: RewardContext | None = 
     spec = dict(spec)
     name = spec.pop("name")
     if name == "weighted":
-        _take(spec, {"components"}, name)
+        check_options(spec, {"components"}, name)
         comps = spec.get("components") or []
         pairs = []
         for c in comps:
@@ -151,16 +151,13 @@ def build_reward(spec: str | Mapping[str, Any], context: RewardContext | None = 
             pairs.append((float(w), build_reward(c, ctx)))
         return WeightedReward(pairs)
     if name not in _REWARDS and name in _LAZY:
-        why = "it did not register the reward"
         try:
-            importlib.import_module(_LAZY[name])
+            _REWARDS[name] = load_entry(_LAZY[name])
         except ImportError as e:
-            why = f"importing it failed: {e}"
-        if name not in _REWARDS:
             raise RewardError(
                 f"reward {name!r} is model-based and its implementation ({_LAZY[name]}) is not available "
-                f"({why}); available rewards: {', '.join(sorted(_REWARDS))}"
-            )
+                f"(importing it failed: {e}); available rewards: {', '.join(sorted(_REWARDS))}"
+            ) from None
     if name not in _REWARDS:
         raise RewardError(f"unknown reward {name!r}; known rewards: {', '.join(known_rewards())}")
     return _REWARDS[name](spec, ctx)
@@ -172,7 +169,7 @@ def build_reward(spec: str | Mapping[str, Any], context: RewardContext | None = 
 def _embedding_factory(cls: type, extra: set[str], exemplars: bool = True) -> RewardFactory:
     def factory(spec: dict, ctx: RewardContext) -> Reward:
         name = cls.name
-        _take(spec, {"encoder", "exemplars", "device"} | extra, name)
+        check_options(spec, {"encoder", "exemplars", "device"} | extra, name)
         if "encoder" not in spec:
             raise RewardError(f"reward {name!r} needs an 'encoder' (e.g. 'codec', 'musicnn')")
         enc = ctx.encoder(spec["encoder"])
