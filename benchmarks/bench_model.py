@@ -18,7 +18,7 @@ from dragontune.config import load_config
 from dragontune.models.dit import DiT, DiTConfig
 from dragontune.models.edm import EDMDenoiser, count_params, denoising_loss, model_flops_per_sample, sample_sigma
 from dragontune.sampling import CFGDenoiser, karras_sigmas, sample_dpmpp_2m, seeded_noise
-from dragontune.train import PretrainConfig
+from dragontune.training.pretrain import PretrainConfig
 
 from _emit import emit  # benchmarks/ is on sys.path when a benchmark runs as a script
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ def _config_cmd(cls, args, check, run, describe=None):
 
 def cmd_pretrain(args) -> int:
     from dragontune.checks import check_pretrain
-    from dragontune.train import PretrainConfig, pretrain
+    from dragontune.training.pretrain import PretrainConfig, pretrain
 
     return _config_cmd(PretrainConfig, args, check_pretrain,
                        lambda cfg: print(pretrain(cfg, resume=args.resume, overwrite=args.overwrite)))
@@ -185,102 +184,22 @@ def cmd_sample(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from dragontune.file_scoring import load_clips, parse_reward_spec, score_clips
-    from dragontune.rewards.registry import RewardContext, build_reward, format_result_table
-    from dragontune.utils import atomic_write_json
+    from dragontune.file_scoring import clips_to_score, parse_reward_spec, score_files
+    from dragontune.rewards.exemplars import exemplar_spec_for_path
 
     spec = parse_reward_spec(args.reward)
     out_path = writable_file(args.out, "--out")  # before any work
     if args.encoder:
         spec["encoder"] = args.encoder
     if args.exemplars:
-        ex = args.exemplars
-        if not Path(ex).exists():
-            raise DragontuneError(f"--exemplars {ex!r} does not exist; give an audio folder, a corpus folder or a "
-                                  ".txt file of text exemplars")
-        if Path(ex).is_dir() and (Path(ex) / "audio").is_dir() and args.filter:
-            spec["exemplars"] = {"corpus": ex, "filter": args.filter}
-        elif Path(ex).is_dir() and not (Path(ex) / "audio").is_dir():
-            spec["exemplars"] = {"audio_dir": ex}
-        elif Path(ex).is_file() and ex.endswith(".txt"):
-            spec["exemplars"] = {"texts": [t.strip() for t in Path(ex).read_text().splitlines() if t.strip()]}
-        else:
-            spec["exemplars"] = {"corpus": ex, **({"filter": args.filter} if args.filter else {})}
-    files, prompts = _score_inputs(args)
-    from dragontune.models.loading import load_diffusion_model
-
-    model = load_diffusion_model(args.checkpoint)  # a pipeline folder: its VAE for encoder 'vae'
-    ctx = RewardContext(codec=model.codec)
-    reward = build_reward(spec, ctx)
-    sr = model.sample_rate
-    clips = load_clips(files, sr, reward)
-    result = score_clips(reward, clips, sr, prompts, [str(f) for f in files])
-    print(format_result_table(result, [f.name for f in files]))
-    out = {"reward": spec, "name": result.name, "files": [str(f) for f in files],
-           "scores": [float(x) for x in result.scores], "set_score": result.set_score,
-           "credit": None if result.credit is None else [float(x) for x in result.credit]}
-    atomic_write_json(out_path, out)  # strict JSON: NaN is written as null
+        spec["exemplars"] = exemplar_spec_for_path(args.exemplars, args.filter)
+    files, prompts = clips_to_score(run=args.run, audio_dir=args.audio_dir, prompt=args.prompt)
+    table, failure = score_files(spec, files, prompts, out_path, checkpoint=args.checkpoint)
+    print(table)
     print(f"wrote {out_path}")
-    import math
-
-    finite = [x for x in out["scores"] if math.isfinite(x)]
-    if not finite and (result.set_score is None or not math.isfinite(result.set_score)):
-        missing = " (it needs a prompt per clip: pass --prompt or score a --run with prompts)" \
-            if all(not p for p in prompts) else ""
-        raise DragontuneError(f"reward {result.name!r} could not score any of the {len(files)} clips: every score "
-                              f"is NaN{missing}; see the warnings above")
+    if failure:
+        raise DragontuneError(failure)
     return 0
-
-
-def _read_records(path: Path, keys: tuple[str, ...]) -> list[dict]:
-    """Rows of ``samples.jsonl`` (one JSON object a line) or the ``pairs`` of an ``index.json``, each with
-    ``keys``; a malformed file is named with its line and the fix instead of a traceback."""
-    fix = "regenerate it (dragontune sample / eval) or score the folder with --audio-dir"
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = list(enumerate(text.splitlines(), 1)) if path.suffix == ".jsonl" else [(1, text)]
-    docs = []
-    for ln, x in lines:
-        if not x.strip():
-            continue
-        try:
-            docs.append(json.loads(x))
-        except json.JSONDecodeError as e:
-            raise DragontuneError(f"{path} line {ln if path.suffix == '.jsonl' else e.lineno} is not valid JSON "
-                                  f"({e.msg}); {fix}") from None
-    rows = docs if path.suffix == ".jsonl" else (docs[0].get("pairs") if docs and isinstance(docs[0], dict) else None)
-    if not rows or not isinstance(rows, list):
-        raise DragontuneError(f"{path} lists no clips; {fix}")
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict) or any(k not in r for k in keys):
-            raise DragontuneError(f"{path}: record {i + 1} lacks {' or '.join(keys)} ({str(r)[:80]}); {fix}")
-    return rows
-
-
-def _score_inputs(args) -> tuple[list[Path], list[str]]:
-    """The files to score and their prompts (from --run's records, or --prompt for every clip of --audio-dir)."""
-    if args.run:
-        run = Path(args.run)
-        if not run.is_dir():
-            raise DragontuneError(f"--run {str(run)!r} is not a directory")
-        idx = run / "eval" / "audio" / "index.json"
-        if (run / "samples.jsonl").is_file():  # written by `dragontune sample`
-            rows = _read_records(run / "samples.jsonl", ("file", "prompt"))
-            files, prompts = [run / r["file"] for r in rows], [r["prompt"] for r in rows]
-        elif idx.is_file():  # a DRAGON run directory: the fine-tuned model's evaluation clips
-            pairs = _read_records(idx, ("model", "prompt"))
-            files, prompts = [idx.parent / p["model"] for p in pairs], [p["prompt"] for p in pairs]
-        else:
-            files = sorted(run.glob("*.wav"))
-            prompts = [args.prompt or ""] * len(files)
-    else:
-        d = Path(args.audio_dir)
-        if not d.is_dir():
-            raise DragontuneError(f"--audio-dir {str(d)!r} is not a directory")
-        files = sorted(p for p in d.iterdir() if p.suffix.lower() in (".wav", ".flac"))
-        prompts = [args.prompt or ""] * len(files)
-    if not files:
-        raise DragontuneError("no audio files to score (.wav or .flac)")
-    return files, prompts
 
 
 def cmd_encoders(args) -> int:
@@ -291,7 +210,7 @@ def cmd_encoders(args) -> int:
 
 
 def cmd_train_clap(args) -> int:
-    from dragontune.encoders.clap_mini import train_clap
+    from dragontune.training.clap_mini import train_clap
     from dragontune.utils import dumps_strict
 
     res = train_clap(args.corpus, args.out, steps=args.steps, batch=args.batch, seed=args.seed)
@@ -300,7 +219,7 @@ def cmd_train_clap(args) -> int:
 
 
 def cmd_train_aesthetics(args) -> int:
-    from dragontune.aesthetics import train_aesthetics
+    from dragontune.training.aesthetics import train_aesthetics
     from dragontune.utils import dumps_strict
 
     kw = {"encoders": args.encoders.split(",")} if args.encoders else {}

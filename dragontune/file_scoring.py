@@ -9,13 +9,15 @@ beyond full scale.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from dragontune.errors import AudioError, DragontuneError, RewardError
+from dragontune.errors import AudioError, DataError, DragontuneError, RewardError
 from dragontune.rewards.base import Features, Reward, RewardResult, ScoringBatch
 from dragontune.utils import log
 
@@ -119,3 +121,92 @@ def score_clips(reward: Reward, clips: Sequence[torch.Tensor], sample_rate: int,
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return reward.score(feats.subset(inverse))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# which files, and the whole command
+
+
+def _read_records(path: Path, keys: tuple[str, ...]) -> list[dict]:
+    """Rows of ``samples.jsonl`` (one JSON object a line) or the ``pairs`` of an ``index.json``, each with
+    ``keys``; a malformed file is named with its line and the fix instead of a traceback."""
+    fix = "regenerate it (dragontune sample / eval) or score the folder with --audio-dir"
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = list(enumerate(text.splitlines(), 1)) if path.suffix == ".jsonl" else [(1, text)]
+    docs = []
+    for ln, x in lines:
+        if not x.strip():
+            continue
+        try:
+            docs.append(json.loads(x))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {ln if path.suffix == '.jsonl' else e.lineno} is not valid JSON "
+                                  f"({e.msg}); {fix}") from None
+    rows = docs if path.suffix == ".jsonl" else (docs[0].get("pairs") if docs and isinstance(docs[0], dict) else None)
+    if not rows or not isinstance(rows, list):
+        raise DataError(f"{path} lists no clips; {fix}")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or any(k not in r for k in keys):
+            raise DataError(f"{path}: record {i + 1} lacks {' or '.join(keys)} ({str(r)[:80]}); {fix}")
+    return rows
+
+
+def clips_to_score(run: str | os.PathLike | None = None, audio_dir: str | os.PathLike | None = None,
+                   prompt: str | None = None) -> tuple[list[Path], list[str]]:
+    """The files to score and their prompts: the records of a ``run`` folder (``samples.jsonl`` of ``dragontune
+    sample``, else a DRAGON run's ``eval/audio/index.json``: the fine-tuned model's clips, else its ``*.wav``), or
+    every ``.wav``/``.flac`` of ``audio_dir``; ``prompt`` for every clip without one of its own."""
+    if run:
+        run = Path(run)
+        if not run.is_dir():
+            raise DataError(f"--run {str(run)!r} is not a directory")
+        idx = run / "eval" / "audio" / "index.json"
+        if (run / "samples.jsonl").is_file():  # written by `dragontune sample`
+            rows = _read_records(run / "samples.jsonl", ("file", "prompt"))
+            files, prompts = [run / r["file"] for r in rows], [r["prompt"] for r in rows]
+        elif idx.is_file():  # a DRAGON run directory: the fine-tuned model's evaluation clips
+            pairs = _read_records(idx, ("model", "prompt"))
+            files, prompts = [idx.parent / p["model"] for p in pairs], [p["prompt"] for p in pairs]
+        else:
+            files = sorted(run.glob("*.wav"))
+            prompts = [prompt or ""] * len(files)
+    else:
+        d = Path(audio_dir)
+        if not d.is_dir():
+            raise DataError(f"--audio-dir {str(d)!r} is not a directory")
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in (".wav", ".flac"))
+        prompts = [prompt or ""] * len(files)
+    if not files:
+        raise DataError("no audio files to score (.wav or .flac)")
+    return files, prompts
+
+
+def score_files(spec: dict, files: Sequence[Path], prompts: Sequence[str], out_path: str | os.PathLike,
+                checkpoint: str | None = None) -> tuple[str, str | None]:
+    """Score ``files`` with the reward ``spec`` and write ``out_path`` (strict JSON: NaN as null).
+
+    The generator ``checkpoint`` (default: the committed baseline; a Stable Audio pipeline folder gives its VAE to
+    encoder ``vae``) supplies the codec and the sample rate. Returns ``(table, failure)``: the printable table, and
+    why no clip could be scored (every score NaN), or None.
+    """
+    from dragontune.models.loading import load_diffusion_model
+    from dragontune.rewards.registry import RewardContext, build_reward, format_result_table
+    from dragontune.utils import atomic_write_json
+
+    model = load_diffusion_model(checkpoint)
+    reward = build_reward(spec, RewardContext(codec=model.codec))
+    sr = model.sample_rate
+    clips = load_clips(files, sr, reward)
+    result = score_clips(reward, clips, sr, prompts, [str(f) for f in files])
+    out = {"reward": spec, "name": result.name, "files": [str(f) for f in files],
+           "scores": [float(x) for x in result.scores], "set_score": result.set_score,
+           "credit": None if result.credit is None else [float(x) for x in result.credit]}
+    atomic_write_json(out_path, out)
+    failure = None
+    if not any(math.isfinite(x) for x in out["scores"]) and (result.set_score is None
+                                                             or not math.isfinite(result.set_score)):
+        missing = " (it needs a prompt per clip: pass --prompt or score a --run with prompts)" \
+            if all(not p for p in prompts) else ""
+        failure = (f"reward {result.name!r} could not score any of the {len(files)} clips: every score is "
+                   f"NaN{missing}; see the warnings above")
+    return format_result_table(result, [f.name for f in files]), failure

@@ -313,6 +313,11 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.clamp_min(0)
 
 
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[n, m]`` squared Euclidean distances between the rows of ``a[n, d]`` and ``b[m, d]`` (clamped at 0)."""
+    return _sqdist(a, b)
+
+
 def median_bandwidth(y: torch.Tensor, max_points: int = 2000) -> torch.Tensor:
     """Median heuristic: the median Euclidean distance between distinct reference points (the first
     ``max_points`` rows; pass a shuffled subsample for large sets). Raises if all points coincide."""

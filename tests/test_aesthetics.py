@@ -7,10 +7,9 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from dragontune.aesthetics import (
+from dragontune.aesthetics import default_aesthetics_path, load_aesthetics
+from dragontune.training.aesthetics import (
     SEVERITY_WEIGHTS,
-    default_aesthetics_path,
-    load_aesthetics,
     per_prompt_srcc,
     plcc,
     read_ratings_csv,
@@ -126,7 +125,7 @@ def test_packaged_predictor_prefers_clean_for_every_defect():
 
 
 def test_degenerate_versions_are_what_they_say():
-    from dragontune.aesthetics import DEGENERATE_KINDS, degenerate_version
+    from dragontune.training.aesthetics import DEGENERATE_KINDS, degenerate_version
 
     x = torch.from_numpy(render_clip(clip_row(0, 7, make_config({"degraded_fraction": 0.0})), SR)).float()[None]
     for seed in range(6):

@@ -122,7 +122,7 @@ def test_grad_clip_zero_means_off_and_is_accepted(cmd, capsys):
 def test_checks_come_before_any_work(tmp_path):
     """A bad value stops finetune and pretrain before the run folder, the corpus or the model is touched."""
     from dragontune.dragon.loop import DragonConfig, finetune
-    from dragontune.train import PretrainConfig, pretrain
+    from dragontune.training.pretrain import PretrainConfig, pretrain
 
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     base = [f"out_dir={out}", f"data.corpus={corpus}", "device=cpu"]

@@ -16,9 +16,8 @@ from dragontune.encoders.clap_mini import (
     clip_windows,
     default_clap_mini_path,
     load_clap_mini,
-    retrieval_metrics,
-    train_clap,
 )
+from dragontune.training.clap_mini import retrieval_metrics, train_clap
 from dragontune.errors import CheckpointError, EncoderError
 
 HAVE_WEIGHTS = default_clap_mini_path().is_file()

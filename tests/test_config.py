@@ -2,7 +2,7 @@ import pytest
 
 from dragontune.config import load_config
 from dragontune.errors import ConfigError
-from dragontune.train import PretrainConfig
+from dragontune.training.pretrain import PretrainConfig
 
 
 def test_typo_in_config_key_suggests_nearest(tmp_path):

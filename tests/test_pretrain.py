@@ -8,7 +8,7 @@ import torch
 from dragontune.cli import main
 from dragontune.config import load_config
 from dragontune.errors import ConfigError
-from dragontune.train import PretrainConfig, pretrain
+from dragontune.training.pretrain import PretrainConfig, pretrain
 from dragontune.utils import load_safetensors
 
 
@@ -119,7 +119,7 @@ def test_pretrain_with_tempo_conditioning(tmp_path, corpus):
 
 def test_tempo_labels_from_metadata():
     from dragontune.errors import DataError
-    from dragontune.train import tempo_frames_of
+    from dragontune.training.pretrain import tempo_frames_of
 
     got = tempo_frames_of([{"tempo": 120.0}, {"bpm": "60"}, {"file": "a.wav"}, {"tempo": ""}], 62.5)
     torch.testing.assert_close(got[:2], torch.tensor([31.25, 62.5]))

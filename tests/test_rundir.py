@@ -197,7 +197,7 @@ def test_non_finite_weights_are_refused_at_load_naming_checkpoint_and_tensor(env
 def test_pretrain_run_folder(tmp_path, capsys):
     """pretrain uses the same run folder rules (checked before the corpus is read or synthesised)."""
     from dragontune.config import dump_yaml, load_config
-    from dragontune.train import PretrainConfig
+    from dragontune.training.pretrain import PretrainConfig
 
     out = tmp_path / "p"
     out.mkdir()

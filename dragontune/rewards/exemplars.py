@@ -330,6 +330,21 @@ class ExemplarSet:
                 )
 
 
+def exemplar_spec_for_path(path: str | os.PathLike, filter: str | None = None) -> dict:
+    """The exemplar spec a path on the command line means: a folder without ``audio/`` its audio files; a ``.txt``
+    file its lines as text exemplars; otherwise a corpus folder, its clips matching ``filter`` (all without one).
+    A missing path raises :class:`RewardError` naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise RewardError(f"--exemplars {str(path)!r} does not exist; give an audio folder, a corpus folder or a "
+                          ".txt file of text exemplars")
+    if p.is_dir() and not (p / "audio").is_dir():
+        return {"audio_dir": str(path)}
+    if p.is_file() and str(path).endswith(".txt"):
+        return {"texts": [t.strip() for t in p.read_text().splitlines() if t.strip()]}
+    return {"corpus": str(path), **({"filter": filter} if filter else {})}
+
+
 def hash_row(v: torch.Tensor) -> int:
     """A deterministic 63-bit hash of a vector's bytes (to order exemplars independently of file names)."""
     import hashlib
