@@ -154,6 +154,25 @@ def _common(cfg) -> None:
     check_data(cfg.data)
 
 
+def check_eval(cfg) -> None:
+    """Every value of an :class:`~dragontune.evaluate.EvalConfig`, and that its output folder can be written."""
+    from dragontune.utils import ensure_writable_dir
+
+    if not str(cfg.model).strip():
+        raise _bad("model", cfg.model, "must be the fine-tuned checkpoint to compare (--model PATH or model=PATH)")
+    if not str(cfg.prompts).strip():
+        raise _bad("prompts", cfg.prompts, "must be corpus:SPLIT, a split name or a text file with one prompt per line")
+    at_least("n_prompts", cfg.n_prompts, 0, "0 = every prompt")
+    at_least("seeds_per_prompt", cfg.seeds_per_prompt, 1, "clips per prompt and model")
+    at_least("n_audio", cfg.n_audio, 0, "0 = save no audio pairs")
+    at_least("n_boot", cfg.n_boot, 1)
+    if not str(cfg.suite).strip():
+        raise _bad("suite", cfg.suite, "must be default or comma-separated suite reward names")
+    check_sampler(cfg.sampler, "sampler.")
+    check_device("device", cfg.device)
+    ensure_writable_dir(cfg.out_dir)  # before any work
+
+
 def check_finetune(cfg) -> None:
     """Every value of a :class:`DragonConfig` (no model, corpus or reward is loaded)."""
     from dragontune.dragon.builders import BUILDERS, LOSSES

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
-from dragontune.errors import ConfigError, DragontuneError
+from dragontune.errors import DragontuneError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _config_cmd(cls, args, check, run, describe=None):
-    """Load a typed config (YAML + dotted overrides), check every value, then run it; ``--dry-run`` prints the
-    resolved config (and ``describe(cfg)``, YAML comment lines) instead."""
+def _config_cmd(cls, args, check, run, describe=None, adjust=None):
+    """Load a typed config (YAML + dotted overrides, then ``adjust(cfg)``), check every value, then run it;
+    ``--dry-run`` prints the resolved config (and ``describe(cfg)``, YAML comment lines) instead."""
     from dragontune.config import dump_yaml, load_config
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not Path(config).exists():
         config, overrides = None, [config] + overrides  # no YAML file given: only overrides
     cfg = load_config(cls, config, overrides)
+    if adjust is not None:
+        cfg = adjust(cfg)
     check(cfg)  # the same range checks the command runs before any work
     if args.dry_run:
         print(dump_yaml(cfg), end="")
@@ -229,35 +232,58 @@ def cmd_train_aesthetics(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from dragontune.checks import at_least, check_device, check_sampler
-    from dragontune.data.prompts import load_prompts
-    from dragontune.evaluate import evaluate_models, format_eval_table, unscored_reason
-    from dragontune.generate import SamplerConfig
-    from dragontune.utils import ensure_writable_dir
+#: the flags of `eval` before it took a typed config: flag attribute -> config key
+EVAL_FLAGS = {"baseline": "baseline", "model": "model", "prompts": "prompts", "n": "n_prompts", "suite": "suite",
+              "corpus": "corpus", "steps": "sampler.steps", "cfg": "sampler.cfg", "seed": "seed",
+              "seeds_per_prompt": "seeds_per_prompt", "generation_cache": "generation_cache", "device": "device",
+              "skip_unavailable": "skip_unavailable", "n_audio": "n_audio", "out": "out_dir"}
 
-    check_sampler(SamplerConfig(steps=args.steps, cfg=args.cfg), "--")
+
+def cmd_eval(args) -> int:
+    from dragontune.checks import check_eval
+    from dragontune.evaluate import EvalConfig, format_eval_table, run_eval, unscored_reason
+
+    def with_flags(cfg):
+        """The flags given on the command line override the config; each is checked under its own name first."""
+        _check_eval_flags(args)
+        for attr, key in EVAL_FLAGS.items():
+            v = getattr(args, attr)
+            if v is None or v is False:
+                continue
+            if key.startswith("sampler."):
+                cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, **{key[8:]: v}))
+            else:
+                cfg = dataclasses.replace(cfg, **{key: str(v) if key in ("baseline", "model") else v})
+        return cfg
+
+    def run(cfg):
+        res = run_eval(cfg)
+        print(format_eval_table(res))
+        print(f"wrote {cfg.out_dir}/eval.json and eval.md")
+        why = unscored_reason(res)
+        if why is not None:
+            raise DragontuneError(f"evaluation produced no result: no suite reward gave a finite win rate ({why}); "
+                                  f"{cfg.out_dir}/eval.json holds null for each")
+
+    return _config_cmd(EvalConfig, args, check_eval, run, adjust=with_flags)
+
+
+def _check_eval_flags(args) -> None:
+    from dragontune.checks import at_least, check_device, check_sampler
+    from dragontune.generate import SamplerConfig
+
+    if args.steps is not None or args.cfg is not None:
+        d = SamplerConfig()
+        check_sampler(SamplerConfig(steps=d.steps if args.steps is None else args.steps,
+                                    cfg=d.cfg if args.cfg is None else args.cfg), "--")
     if args.n is not None:
         at_least("--n", args.n, 1)
-    at_least("--n-audio", args.n_audio, 0, "0 = save no audio pairs")
-    check_device("--device", args.device)
-    ensure_writable_dir(args.out)  # before any work
-    prompts = load_prompts(args.prompts, corpus=args.corpus, limit=args.n)
-    suite = args.suite if args.suite == "default" else [s for s in args.suite.split(",") if s]
-    if args.seeds_per_prompt < 1:
-        raise ConfigError(f"--seeds-per-prompt={args.seeds_per_prompt} must be >= 1 (clips per prompt and model)")
-    res = evaluate_models(args.baseline, args.model, prompts, suite, seed=args.seed,
-                          seeds_per_prompt=args.seeds_per_prompt,
-                          sampler=SamplerConfig(steps=args.steps, cfg=args.cfg), device=args.device,
-                          out_dir=args.out, corpus=args.corpus, skip_unavailable=args.skip_unavailable,
-                          generation_cache=args.generation_cache, n_audio=args.n_audio)
-    print(format_eval_table(res))
-    print(f"wrote {args.out}/eval.json and eval.md")
-    why = unscored_reason(res)
-    if why is not None:
-        raise DragontuneError(f"evaluation produced no result: no suite reward gave a finite win rate ({why}); "
-                              f"{args.out}/eval.json holds null for each")
-    return 0
+    if args.n_audio is not None:
+        at_least("--n-audio", args.n_audio, 0, "0 = save no audio pairs")
+    if args.seeds_per_prompt is not None:
+        at_least("--seeds-per-prompt", args.seeds_per_prompt, 1, "clips per prompt and model")
+    if args.device is not None:
+        check_device("--device", args.device)
 
 
 def cmd_report(args) -> int:
@@ -402,24 +428,29 @@ def build_parser() -> argparse.ArgumentParser:
     ta.set_defaults(fn=cmd_train_aesthetics)
 
     ev = sub.add_parser("eval", help="win rates of a model against a baseline over a reward suite")
+    ev.add_argument("config", nargs="?", default=None, help="YAML of an EvalConfig (optional)")
+    ev.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. sampler.cfgpp=true")
+    ev.add_argument("--dry-run", action="store_true", help="check and print the resolved config, then stop")
+    # the flags below are short forms of config keys (cli.EVAL_FLAGS); given, they override the config
     ev.add_argument("--baseline", default=None, help="default: the committed baseline")
-    ev.add_argument("--model", required=True)
-    ev.add_argument("--prompts", default="test", help="test | val | FILE")
+    ev.add_argument("--model", default=None, help="the fine-tuned checkpoint (required, here or as model=PATH)")
+    ev.add_argument("--prompts", default=None, help="test | val | corpus:SPLIT | FILE (default test)")
     ev.add_argument("--n", type=int, default=None, help="use the first N prompts")
-    ev.add_argument("--suite", default="default", help="default | comma-separated reward names")
-    ev.add_argument("--corpus", default="data/corpus")
-    ev.add_argument("--steps", type=int, default=40)
-    ev.add_argument("--cfg", type=float, default=4.0)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--seeds-per-prompt", type=int, default=1,
+    ev.add_argument("--suite", default=None, help="default | comma-separated reward names")
+    ev.add_argument("--corpus", default=None, help="default data/corpus")
+    ev.add_argument("--steps", type=int, default=None, help="sampler.steps (default 40)")
+    ev.add_argument("--cfg", type=float, default=None, help="sampler.cfg (default 4)")
+    ev.add_argument("--seed", type=int, default=None)
+    ev.add_argument("--seeds-per-prompt", type=int, default=None,
                     help="clips per prompt and model (set rewards need >= 256 clips: e.g. 64 prompts x 4)")
     ev.add_argument("--generation-cache", default=None,
                     help="folder that keeps generated latents (the baseline is then generated once)")
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--skip-unavailable", action="store_true")
-    ev.add_argument("--n-audio", type=int, default=4,
-                    help="baseline/fine-tuned clip pairs saved under OUT/audio (for the report and `dragontune listen`)")
-    ev.add_argument("--out", default="runs/eval")
+    ev.add_argument("--device", default=None, help="default cpu")
+    ev.add_argument("--skip-unavailable", action="store_true", default=None)
+    ev.add_argument("--n-audio", type=int, default=None,
+                    help="baseline/fine-tuned clip pairs saved under OUT/audio (default 4; for the report and "
+                         "`dragontune listen`)")
+    ev.add_argument("--out", default=None, help="default runs/eval")
     ev.set_defaults(fn=cmd_eval)
 
     rp = sub.add_parser("report", help="write RUN_DIR/report.html (on a suite folder: the suite page and each run's)")

@@ -19,6 +19,7 @@ in ``dragontune.win_rates``, the reward suite (``DEFAULT_SUITE``, ``suite_specs`
 
 Public API::
 
+    EvalConfig, run_eval(cfg) -> dict  (what `dragontune eval` runs)
     evaluate_models(baseline_path, model_path, prompts, suite, *, seeds, sampler, device, out_dir, ...) -> dict
     format_eval_table(result) -> str
 """
@@ -37,6 +38,8 @@ import torch
 
 from dragontune.errors import CheckpointError, ConfigError, DataError, DragontuneError
 from dragontune.utils import atomic_write_json, atomic_write_text, ensure_writable_dir, log
+from dragontune.data.prompts import load_prompts
+from dragontune.generate import SamplerConfig
 from dragontune.rewards.suite import build_suite, suite_specs
 from dragontune.seeds import eval_seed
 from dragontune.win_rates import bootstrap_set_difference, instance_win_rate
@@ -98,6 +101,37 @@ def _pick_audio(n: int, k: int) -> list[int]:
 MIN_SET_CLIPS = 256
 
 
+@dataclasses.dataclass
+class EvalConfig:
+    """What ``dragontune eval`` compares, how, and where it writes (YAML + dotted overrides, like finetune)."""
+
+    model: str = ""                     # the fine-tuned checkpoint (required)
+    baseline: str = ""                  # "" = the committed baseline
+    prompts: str = "test"               # corpus:SPLIT, a bare split name, or a text file with one prompt per line
+    n_prompts: int = 0                  # the first N prompts (0 = all)
+    suite: str = "default"              # default | comma-separated suite reward names
+    corpus: str = "data/corpus"
+    seed: int = 0
+    seeds_per_prompt: int = 1           # clips per prompt and model (>= 256 clips in all for set rewards)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    device: str = "cpu"
+    generation_cache: str = ""          # "" = off; a folder keeps each model's latents under a content key
+    skip_unavailable: bool = False      # a suite reward that cannot be built is listed, not fatal
+    n_audio: int = 4                    # audio pairs saved for listening (0 = none)
+    n_boot: int = 200                   # bootstrap resamples of the set rewards
+    out_dir: str = "runs/eval"
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """The evaluation a checked :class:`EvalConfig` describes (see :func:`evaluate_models`)."""
+    prompts = load_prompts(cfg.prompts, corpus=cfg.corpus, limit=cfg.n_prompts or None)
+    suite = cfg.suite if cfg.suite == "default" else [s for s in cfg.suite.split(",") if s]
+    return evaluate_models(cfg.baseline or None, cfg.model, prompts, suite, seed=cfg.seed,
+                           seeds_per_prompt=cfg.seeds_per_prompt, sampler=cfg.sampler, device=cfg.device,
+                           out_dir=cfg.out_dir, corpus=cfg.corpus, n_boot=cfg.n_boot, n_audio=cfg.n_audio,
+                           skip_unavailable=cfg.skip_unavailable, generation_cache=cfg.generation_cache or None)
+
+
 def evaluate_models(
     baseline_path: str | os.PathLike | None,
     model_path: str | os.PathLike,
@@ -134,7 +168,7 @@ def evaluate_models(
     ``out_dir`` it writes ``eval.json``, ``eval.md`` and ``audio/`` (``n_audio`` baseline/model pairs).
     Returns the dict written to ``eval.json``.
     """
-    from dragontune.generate import SamplerConfig, generate_latents_cached
+    from dragontune.generate import generate_latents_cached
     from dragontune.metrics import fad_infinity
     from dragontune.rewards.base import ScoringBatch
     from dragontune.rewards.builtin import FADReward
